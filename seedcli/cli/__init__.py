@@ -1,0 +1,1 @@
+"""The `seed` command line: thin Typer wrappers over the library."""

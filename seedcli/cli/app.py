@@ -1,0 +1,103 @@
+"""The Typer app, the entry point, and the mapping of errors to exit codes.
+
+Command modules are imported here, but each imports torch/transformers only inside its body, so
+`seed --help` stays instant (a test checks that importing this module leaves them unloaded).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+import click
+import typer
+
+from seedcli import __version__
+from seedcli.errors import SeedError
+
+app = typer.Typer(
+    name="seed",
+    help=(
+        "SEED (Self-Evolving Distillation): make vision-language models hallucinate less.\n\n"
+        "Typical pipeline: seed prepare -> seed distill -> seed evaluate -> seed merge. "
+        "Start with `seed quickstart` (offline, CPU, a few minutes)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+STATE = _State()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"seedcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (without local variables) on errors."),
+) -> None:
+    """Global options."""
+    STATE.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _register() -> None:
+    # Imported for their side effect of registering commands on `app`.
+    from seedcli.cli import demo, distill, env, evaluate, merge, prepare, quickstart  # noqa: F401
+
+
+def _print_error(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; SeedError -> one red line on stderr and its exit code."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except SeedError as exc:
+        if STATE.debug:
+            from rich.console import Console
+
+            Console(stderr=True).print_exception(show_locals=False)
+        _print_error(str(exc))
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _print_error("aborted.")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except KeyboardInterrupt:
+        _print_error("interrupted.")
+        sys.exit(130)
+    except Exception as exc:
+        if STATE.debug:
+            from rich.console import Console
+
+            Console(stderr=True).print_exception(show_locals=False)
+        else:
+            _print_error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,114 @@
+"""Generate Typer commands from config dataclasses, so flags, defaults and help exist once."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+import typer
+
+from seedcli.config.base import field_types, flag_name
+from seedcli.errors import ConfigError
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parameter(field: dataclasses.Field[Any], tp: Any) -> inspect.Parameter:
+    meta = field.metadata
+    inner, optional = _unwrap_optional(tp)
+    is_tuple = typing.get_origin(inner) is tuple
+    default = field.default
+    kwargs: dict[str, Any] = {"help": meta.get("help", "")}
+    if meta.get("panel"):
+        kwargs["rich_help_panel"] = meta["panel"]
+    if is_tuple:
+        (elem, *_rest) = typing.get_args(inner) or (str,)
+        if meta.get("multiple"):
+            annotation: Any = list[elem]  # type: ignore[valid-type]
+            default = list(default) if default else None
+        else:
+            annotation = str | None if optional else str
+            default = ",".join(str(v) for v in default) if default is not None else None
+            kwargs["help"] += " (comma-separated)"
+    else:
+        annotation = tp
+        if meta.get("choices"):
+            kwargs["click_type"] = click.Choice(list(meta["choices"]))
+            annotation = str | None if optional else str
+    if meta.get("argument"):
+        info = typer.Argument(default, **kwargs)
+    else:
+        names = [flag_name(field)]
+        if inner is bool:
+            names = [f"{flag_name(field)}/--no-{flag_name(field)[2:]}"]
+        if meta.get("short"):
+            names.append(meta["short"])
+        info = typer.Option(default, *names, **kwargs)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def _convert(field: dataclasses.Field[Any], tp: Any, value: Any) -> Any:
+    inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) is not tuple or value is None:
+        return value
+    (elem, *_rest) = typing.get_args(inner) or (str,)
+    items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
+    try:
+        return tuple(elem(v) for v in items)
+    except ValueError:
+        raise ConfigError(f"{flag_name(field)} expects comma-separated {elem.__name__} values (got {value!r}).") from None
+
+
+def config_command(
+    app: typer.Typer,
+    cfg_cls: type,
+    *,
+    name: str,
+    help: str,
+    extra: tuple[inspect.Parameter, ...] = (),
+    epilog: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `body(cfg, **extra)` as command `name` with one flag per field of `cfg_cls`."""
+    hints = field_types(cfg_cls)
+    fields = dataclasses.fields(cfg_cls)
+    params = [_parameter(f, hints[f.name]) for f in fields]
+    # Positional arguments must come first in the generated signature.
+    params.sort(key=lambda p: not isinstance(p.default, typer.models.ArgumentInfo))
+    names = {f.name for f in fields}
+
+    def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(body)
+        def command(**kwargs: Any) -> Any:
+            values = {f.name: _convert(f, hints[f.name], kwargs[f.name]) for f in fields}
+            cfg = cfg_cls(**values)
+            return body(cfg, **{k: v for k, v in kwargs.items() if k not in names})
+
+        command.__signature__ = inspect.Signature([*params, *extra])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in (*params, *extra)}
+        app.command(name=name, help=help, epilog=epilog)(command)
+        return command
+
+    return decorate
+
+
+def json_option() -> inspect.Parameter:
+    """The shared `--json` flag: print only JSON on stdout."""
+    return inspect.Parameter(
+        "as_json",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--json", help="Print only the result as JSON on stdout."),
+        annotation=bool,
+    )

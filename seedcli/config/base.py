@@ -1,0 +1,120 @@
+"""Config fields: one place for a flag's name, type, default, help and validation.
+
+Each command's config is a frozen dataclass whose fields are declared with `option(...)`. The CLI
+generates its flags from these fields (seedcli.cli.options), so a default or help text exists once.
+`__post_init__` calls `check(self)`, which validates choices and bounds and names the bad flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from seedcli.errors import ConfigError
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    multiple: bool = False,
+    argument: bool = False,
+    short: str | None = None,
+    panel: str | None = None,
+) -> Any:
+    """Declare a config field with its CLI metadata.
+
+    `flag` overrides the generated `--field-name`; `multiple` makes a tuple field a repeatable
+    flag (otherwise tuples are comma-separated); `argument` makes it positional; `panel` groups
+    flags in `--help`.
+    """
+    meta = {
+        "help": help,
+        "flag": flag,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+        "multiple": multiple,
+        "argument": argument,
+        "short": short,
+        "panel": panel,
+    }
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_name(field: dataclasses.Field[Any]) -> str:
+    """The CLI spelling of a field (`--noise-alpha`)."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a config dataclass."""
+    return typing.get_type_hints(cls)
+
+
+def _bad(field: dataclasses.Field[Any], message: str) -> ConfigError:
+    return ConfigError(f"{flag_name(field)} {message}")
+
+
+def check(cfg: Any) -> None:
+    """Validate choices and numeric bounds declared on the fields of `cfg`."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        meta = field.metadata
+        values = value if isinstance(value, tuple) else (value,)
+        for item in values:
+            if item is None:
+                continue
+            choices = meta.get("choices")
+            if choices and item not in choices:
+                raise _bad(field, f"must be one of {', '.join(choices)} (got {item!r}).")
+            low, high = meta.get("min"), meta.get("max")
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                if low is not None and (item <= low if meta.get("min_exclusive") else item < low):
+                    op = ">" if meta.get("min_exclusive") else ">="
+                    raise _bad(field, f"must be {op} {low} (got {item}).")
+                if high is not None and item > high:
+                    raise _bad(field, f"must be <= {high} (got {item}).")
+
+
+def require(condition: bool, flag: str, message: str) -> None:
+    """Raise a ConfigError naming `flag` unless `condition` holds (cross-field checks)."""
+    if not condition:
+        raise ConfigError(f"{flag} {message}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-ready dict of a config (tuples become lists, paths strings)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif value is not None and not isinstance(value, (int, float, str, bool, list, dict)):
+            value = str(value)
+        out[field.name] = value
+    return out
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config from `to_dict` output; unknown keys are an error naming them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"config has unknown fields {unknown} for {cls.__name__}; was it written by a newer seedcli?")
+    types = field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if isinstance(value, list) and typing.get_origin(types[key]) in (tuple, typing.Union) or isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
