@@ -10,7 +10,6 @@ import logging
 import sys
 from dataclasses import dataclass
 
-import click
 import typer
 
 from seedcli import __version__
@@ -69,11 +68,22 @@ def _print_error(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
 
 
+def _is_click_error(exc: Exception) -> bool:
+    # Typer >= 0.20 vendors click as typer._click; match the exception API, not the module.
+    return any(c.__name__ == "ClickException" for c in type(exc).__mro__) and hasattr(exc, "show")
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    return any(c.__name__ == "UsageError" for c in type(exc).__mro__)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; SeedError -> one red line on stderr and its exit code."""
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        if isinstance(result, int) and result:
+            sys.exit(result)
     except SeedError as exc:
         if STATE.debug:
             from rich.console import Console
@@ -81,18 +91,18 @@ def main(argv: list[str] | None = None) -> None:
             Console(stderr=True).print_exception(show_locals=False)
         _print_error(str(exc))
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _print_error("aborted.")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except KeyboardInterrupt:
         _print_error("interrupted.")
         sys.exit(130)
     except Exception as exc:
+        if _is_click_error(exc):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2 if _is_usage_error(exc) else exc.exit_code)  # type: ignore[attr-defined]
         if STATE.debug:
             from rich.console import Console
 

@@ -10,7 +10,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-import click
+import enum
+
 import typer
 
 from seedcli.config.base import field_types, flag_name
@@ -46,8 +47,10 @@ def _parameter(field: dataclasses.Field[Any], tp: Any) -> inspect.Parameter:
     else:
         annotation = tp
         if meta.get("choices"):
-            kwargs["click_type"] = click.Choice(list(meta["choices"]))
-            annotation = str | None if optional else str
+            # An Enum is the choice type every Typer version understands (newer ones vendor click).
+            choice = enum.Enum(f"{field.name}_choice", {c: c for c in meta["choices"]}, type=str)  # type: ignore[misc]
+            annotation = choice | None if optional else choice
+            default = choice(default) if default is not None else None
     if meta.get("argument"):
         info = typer.Argument(default, **kwargs)
     else:
@@ -62,6 +65,8 @@ def _parameter(field: dataclasses.Field[Any], tp: Any) -> inspect.Parameter:
 
 def _convert(field: dataclasses.Field[Any], tp: Any, value: Any) -> Any:
     inner, _ = _unwrap_optional(tp)
+    if isinstance(value, enum.Enum):
+        return value.value
     if typing.get_origin(inner) is not tuple or value is None:
         return value
     (elem, *_rest) = typing.get_args(inner) or (str,)
@@ -70,6 +75,9 @@ def _convert(field: dataclasses.Field[Any], tp: Any, value: Any) -> Any:
         return tuple(elem(v) for v in items)
     except ValueError:
         raise ConfigError(f"{flag_name(field)} expects comma-separated {elem.__name__} values (got {value!r}).") from None
+
+
+COMMAND_CONFIGS: dict[str, type] = {}
 
 
 def config_command(
@@ -82,6 +90,7 @@ def config_command(
     epilog: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `body(cfg, **extra)` as command `name` with one flag per field of `cfg_cls`."""
+    COMMAND_CONFIGS[name] = cfg_cls
     hints = field_types(cfg_cls)
     fields = dataclasses.fields(cfg_cls)
     params = [_parameter(f, hints[f.name]) for f in fields]

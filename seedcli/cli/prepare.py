@@ -1,12 +1,30 @@
-"""`seed prepare` (placeholder until its issue lands)."""
+"""`seed prepare`: LLaVA-Instruct, POPE and CHAIR (or the synthetic world) -> a data directory."""
 
 from __future__ import annotations
 
+import json
+
 from seedcli.cli.app import app
-from seedcli.errors import NotImplementedYet
+from seedcli.cli.options import config_command, json_option
+from seedcli.config.prepare import PrepareConfig
+
+HELP = (
+    "Convert LLaVA-Instruct conversations and build the POPE and CHAIR sets into a data directory "
+    "(--synthetic: an offline world instead). Prints the directory path as the last line."
+)
 
 
-@app.command(name="prepare", help="(not implemented yet)")
-def prepare() -> None:
-    """Placeholder."""
-    raise NotImplementedYet("seed prepare is not implemented yet.")
+@config_command(app, PrepareConfig, name="prepare", help=HELP, extra=(json_option(),))
+def prepare(cfg: PrepareConfig, as_json: bool) -> None:
+    """Run the preparation and print its summary."""
+    from seedcli.cli.render import make_reporter, print_table
+    from seedcli.data.prepare import prepare as run_prepare
+
+    summary = run_prepare(cfg, make_reporter(as_json))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    rows = [(name, count) for name, count in summary["counts"].items()]
+    rows += [(f"dropped: {reason}", count) for reason, count in summary["dropped"].items()]
+    print_table(f"seed prepare ({summary['source']}, seed {summary['seed']})", rows)
+    print(summary["out"])

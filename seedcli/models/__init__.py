@@ -1,0 +1,1 @@
+"""Model families: aliases, loading, adapter targets, templates and tiny offline builders."""

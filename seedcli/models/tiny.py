@@ -1,0 +1,192 @@
+"""Tiny offline vision-language models, built deterministically and cached on disk.
+
+`tiny-llava` (CLIP-style ViT + Llama) and `tiny-qwen2-vl` (Qwen2-VL ViT + Qwen2) are saved with
+`save_pretrained` and loaded through the same `from_pretrained` path as real checkpoints. Their
+tokenizer is word-level over a fixed vocabulary (the synthetic world's words, the COCO synonym
+table, prompts and punctuation), built locally: no download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from seedcli import atomic
+
+SEED = 0
+IMAGE_SIZE = 32
+BUILD_VERSION = 1  # bump when the builders change, so caches are rebuilt
+
+LLAVA_SPECIAL = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
+QWEN_SPECIAL = ("<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+# Chat templates in the style of the real checkpoints: LLaVA-1.5 ("USER: <image>\n... ASSISTANT:")
+# and Qwen2-VL (ChatML with vision markers). Neither uses generation markers, like the originals.
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'].upper() + ': ' }}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] + ' ' }}{% endif %}{% endfor %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+QWEN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+BASE_WORDS = (
+    "user assistant system yes no not none nothing there is are a an the in on of and or with to "
+    "this that image picture photo what how many which where who it its one two three four five six "
+    "seven eight nine ten zero 0 1 2 3 4 5 6 7 8 9 please answer question using single word phrase "
+    "describe detail detailed objects object left right top bottom center next near i don t know "
+    "can see shows show contains contain see"
+).split()
+PUNCTUATION = tuple(". , ? ! ' \" : ; - ( ) / \n".split(" ")) + ("\n",)
+
+TEXT_SIZES: dict[str, Any] = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4}
+
+
+def _word_list() -> list[str]:
+    words = set(BASE_WORDS) | {p for p in PUNCTUATION if p.strip()}
+    table = resources.files("seedcli.data").joinpath("coco_synonyms.txt").read_text(encoding="utf-8")
+    words |= {w for w in re.findall(r"\w+", table.lower())}
+    try:
+        from seedcli.data import synthetic
+
+        for entry in synthetic.vocabulary():
+            words |= set(re.findall(r"\w+|[^\w\s]", entry.lower()))
+    except ImportError:  # the synthetic world is optional for tokenizer building
+        pass
+    return sorted(words)
+
+
+def _tokenizer(special: tuple[str, ...], extra: dict[str, str], eos: str, pad: str, bos: str | None) -> Any:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate([*special, *_word_list()])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    core.add_special_tokens(list(special))
+    kwargs: dict[str, Any] = {"unk_token": "<unk>", "pad_token": pad, "eos_token": eos}
+    if bos:
+        kwargs["bos_token"] = bos
+    return PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=extra, **kwargs)
+
+
+def _build_llava(out: Path) -> None:
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    tokenizer = _tokenizer(LLAVA_SPECIAL, {"image_token": "<image>"}, eos="</s>", pad="<pad>", bos="<s>")
+    vocab = len(tokenizer)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8, projection_dim=64),
+        text_config=LlamaConfig(vocab_size=vocab, max_position_embeddings=512, pad_token_id=1, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False, **TEXT_SIZES),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        pad_token_id=1,
+    )
+    torch.manual_seed(SEED)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 1
+    model.generation_config.eos_token_id = 3
+    model.generation_config.bos_token_id = 2
+    image_processor = LlavaImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _build_qwen2_vl(out: Path) -> None:
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from seedcli.models.qwen2vl_processor import Qwen2VLImageOnlyProcessor
+
+    tokenizer = _tokenizer(QWEN_SPECIAL, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, eos="<|im_end|>", pad="<|endoftext|>", bos=None)
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = TEXT_SIZES["hidden_size"] // TEXT_SIZES["num_attention_heads"]
+    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # sums to head_dim / 2, Qwen2-VL's 16/24/24 proportions
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=1024, bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), rope_scaling={"type": "mrope", "mrope_section": section}, tie_word_embeddings=False, **TEXT_SIZES),
+        vision_config=dict(depth=2, embed_dim=64, hidden_size=TEXT_SIZES["hidden_size"], num_heads=4, mlp_ratio=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        bos_token_id=None,
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=ids("<|endoftext|>"),
+    )
+    torch.manual_seed(SEED)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = ids("<|endoftext|>")
+    model.generation_config.eos_token_id = ids("<|im_end|>")
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE, patch_size=4, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+BUILDERS = {"tiny-llava": _build_llava, "tiny-qwen2-vl": _build_qwen2_vl}
+
+
+def cache_root() -> Path:
+    """Where tiny models are cached: $SEEDCLI_CACHE or ~/.cache/seedcli."""
+    return Path(os.environ.get("SEEDCLI_CACHE", Path.home() / ".cache" / "seedcli")).expanduser()
+
+
+def fingerprint(name: str) -> str:
+    """Short hash of everything a tiny model is built from."""
+    import transformers
+
+    spec = {"name": name, "version": BUILD_VERSION, "vocab": _word_list(), "text": TEXT_SIZES, "image": IMAGE_SIZE, "transformers": transformers.__version__.split(".")[0]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_tiny(name: str) -> Path:
+    """Build `name` into the cache if absent (atomically) and return its directory."""
+    if name not in BUILDERS:
+        raise KeyError(name)
+    import transformers
+
+    final = cache_root() / "tiny" / f"{name}-{fingerprint(name)}"
+    if (final / "config.json").is_file():
+        return final
+    transformers.logging.disable_progress_bar()
+    try:
+        with atomic.staged_dir(final, overwrite=True) as tmp:
+            BUILDERS[name](tmp)
+    except OSError:
+        if (final / "config.json").is_file():  # another process finished the same build first
+            return final
+        raise
+    return final

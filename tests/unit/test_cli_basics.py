@@ -1,0 +1,123 @@
+"""The CLI shell: commands, help, version, config/flag agreement, no heavy imports, exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+import typer
+
+from seedcli import __version__
+from seedcli.config.base import flag_name
+
+COMMANDS = ("prepare", "distill", "evaluate", "merge", "demo", "env", "quickstart")
+
+
+def _click_commands() -> dict[str, click.Command]:
+    from seedcli.cli.app import _register, app
+
+    _register()
+    group = typer.main.get_command(app)
+    return dict(group.commands)  # type: ignore[attr-defined]
+
+
+def test_help_lists_the_seven_commands(cli) -> None:
+    code, out, _ = cli(["--help"])
+    assert code == 0
+    for name in COMMANDS:
+        assert name in out
+    assert set(COMMANDS) <= set(_click_commands())
+
+
+def test_version(cli) -> None:
+    code, out, _ = cli(["--version"])
+    assert code == 0 and out.strip() == f"seedcli {__version__}"
+
+
+def test_every_config_field_is_a_cli_option_with_the_same_default() -> None:
+    from seedcli.cli.options import COMMAND_CONFIGS
+
+    commands = _click_commands()
+    assert COMMAND_CONFIGS, "no command is generated from a config"
+    for name, cfg_cls in COMMAND_CONFIGS.items():
+        params = {p.name: p for p in commands[name].params}
+        for field in dataclasses.fields(cfg_cls):
+            assert field.name in params, f"{name}: config field {field.name} has no CLI option"
+            param = params[field.name]
+            if not field.metadata.get("argument"):
+                assert flag_name(field) in param.opts, f"{name}: {field.name} is spelled {param.opts}"
+            default = field.default
+            expected = list(default) if isinstance(default, tuple) and field.metadata.get("multiple") else default
+            if isinstance(default, tuple) and not field.metadata.get("multiple"):
+                expected = ",".join(str(v) for v in default)
+            if expected == [] or expected is None:
+                assert param.default in (None, [], ()), f"{name}: {field.name} default {param.default!r}"
+            else:
+                actual = getattr(param.default, "value", param.default)  # choices are Enums
+                assert actual == expected, f"{name}: {field.name} default {actual!r} != {expected!r}"
+            assert (param.help or "").strip(), f"{name}: {field.name} has no help"
+
+
+def test_importing_the_cli_does_not_import_torch_or_transformers() -> None:
+    code = (
+        "import sys\n"
+        "from seedcli.cli import app\n"
+        "app._register()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"importing the CLI loaded: {out}"
+
+
+def test_env_json_has_the_bug_report_fields(cli) -> None:
+    code, out, _ = cli(["env", "--json"])
+    assert code == 0
+    report = json.loads(out)
+    for key in ("torch", "transformers", "peft", "bitsandbytes"):
+        assert key in report["packages"]
+    assert report["python"].count(".") == 2
+    assert "offline mode set" in report["hub"]
+    assert "cuda_available" in report["devices"]
+
+
+def test_env_table(cli) -> None:
+    code, out, _ = cli(["env"])
+    assert code == 0 and "transformers" in out and "hub" in out
+
+
+def test_bad_flag_value_is_one_red_line_and_exit_2(cli) -> None:
+    code, out, err = cli(["env", "--hub-timeout-s", "-1"])
+    assert code == 2
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--hub-timeout-s" in lines[0]
+
+
+def test_unknown_flag_is_a_usage_error(cli) -> None:
+    code, _, err = cli(["env", "--no-such-flag"])
+    assert code == 2 and "no-such-flag" in err
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [("ConfigError", 2), ("DataError", 3), ("ModelError", 4), ("SeedError", 1)],
+)
+def test_error_classes_map_to_documented_exit_codes(exc: str, code: int, capsys, monkeypatch) -> None:
+    import seedcli.errors as errors
+    from seedcli.cli import app as app_module
+
+    def boom(*args, **kwargs):
+        raise getattr(errors, exc)("something specific went wrong; do X.")
+
+    monkeypatch.setattr(app_module, "app", boom)
+    monkeypatch.setattr(app_module, "_register", lambda: None)
+    with pytest.raises(SystemExit) as info:
+        app_module.main([])
+    assert info.value.code == code
+    err = capsys.readouterr().err
+    assert "something specific went wrong" in err and "Traceback" not in err
