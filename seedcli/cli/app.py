@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 
 import typer
@@ -50,6 +51,8 @@ def _root(
 ) -> None:
     """Global options."""
     STATE.debug = debug
+    # Library deprecation chatter (e.g. peft calling deprecated transformers helpers) is not for users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

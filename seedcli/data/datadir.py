@@ -113,6 +113,7 @@ def write_train(root: Path, records: Iterable[Record]) -> int:
     """Write records as DATA/train (a `datasets` dataset); returns the number written."""
     import datasets
 
+    datasets.disable_progress_bars()
     rows = [record.to_row() for record in records]
     dataset = datasets.Dataset.from_list(rows, features=train_features())
     dataset.save_to_disk(str(Path(root) / TRAIN_DIR))

@@ -1,0 +1,83 @@
+"""Config of `seed distill`: every SEED, LoRA and training knob, with the reproduction's defaults.
+
+Defaults and their sources are explained in docs/method.md (PROTOCOLS.md section 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seedcli.config.base import check, option, require
+
+MODEL = "Model"
+DATA = "Data and output"
+TRAIN = "Training"
+SEED_PANEL = "SEED"
+LORA = "Adapter (LoRA)"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything `seed distill` needs; saved as config.json in the run directory."""
+
+    model: str = option("llava-1.5-7b", "Base model: alias (llava-1.5-7b, qwen2-vl-2b, ...), hub id, local directory, or tiny-llava / tiny-qwen2-vl.", panel=MODEL)
+    dtype: str = option("auto", "Weights and compute dtype; auto = bf16 on GPUs that support it, else fp32.", choices=("auto", "bf16", "fp16", "fp32"), panel=MODEL)
+    device: str = option("auto", "Device; auto = cuda when available.", choices=("auto", "cpu", "cuda"), panel=MODEL)
+    quantization: str = option("none", "Load the frozen base in 4/8-bit (bitsandbytes); vision tower and projector stay unquantized.", choices=("none", "4bit", "8bit"), panel=MODEL)
+    trust_remote_code: bool = option(False, "Allow custom model code from the checkpoint (only if you trust it).", panel=MODEL)
+    attn_implementation: str = option("sdpa", "Attention kernel passed to transformers.", choices=("sdpa", "eager", "flash_attention_2"), panel=MODEL)
+
+    data: str = option("seed-data", "Data directory written by `seed prepare`.", panel=DATA)
+    out: str | None = option(None, "Run directory; default runs/<model>-<method>-<timestamp>.", panel=DATA)
+    max_length: int = option(2048, "Max tokens per sample; only text after the image is ever truncated.", min=8, panel=DATA)
+    max_samples: int | None = option(None, "Use only the first N training records (after the seeded shuffle of epoch 0).", min=1, panel=DATA)
+    resume: bool = option(False, "Continue the run in --out from its newest checkpoint.", panel=DATA)
+    overwrite: bool = option(False, "Replace an existing run directory at --out.", panel=DATA)
+
+    method: str = option("seed", "seed = purify-and-distill (KL + CE); sft = the same adapter trained with CE only (baseline).", choices=("seed", "sft"), panel=TRAIN)
+    epochs: int = option(1, "Passes over the training data (ignored when --max-steps is set).", min=1, panel=TRAIN)
+    max_steps: int | None = option(None, "Stop after this many optimizer steps (per round).", min=1, panel=TRAIN)
+    batch_size: int = option(1, "Samples per forward pass (per process).", min=1, panel=TRAIN)
+    grad_accum: int = option(8, "Forward passes per optimizer step; effective batch = batch-size x grad-accum x processes.", min=1, panel=TRAIN)
+    lr: float = option(2e-6, "Peak learning rate (2e-5 caused repetition collapse in the reproduction).", min=0.0, min_exclusive=True, panel=TRAIN)
+    warmup_ratio: float = option(0.03, "Share of steps with linear warmup before the cosine decay.", min=0.0, max=0.5, panel=TRAIN)
+    weight_decay: float = option(0.0, "AdamW weight decay on adapter weights.", min=0.0, panel=TRAIN)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).", min=0.0, panel=TRAIN)
+    seed: int = option(0, "Random seed: data order, noise, adapter init, dropout.", panel=TRAIN)
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward (non-reentrant): less memory, ~30% slower.", panel=TRAIN)
+    rounds: int = option(1, "Self-evolution rounds: after each, the adapter is merged into the teacher and a fresh one is trained.", min=1, panel=TRAIN)
+    log_every: int = option(10, "Log metrics every N optimizer steps.", min=1, panel=TRAIN)
+    save_every: int = option(500, "Save a resumable checkpoint every N optimizer steps.", min=1, panel=TRAIN)
+    keep_checkpoints: int = option(2, "Keep the newest K checkpoints.", min=1, panel=TRAIN)
+    max_nonfinite: int = option(20, "Stop (after saving) when this many steps in a row have a non-finite loss.", min=1, panel=TRAIN)
+
+    noise_alpha: float = option(0.3, "Isolate: v' = sqrt(a) v + sqrt(1-a) eps; 0.3 default (0.1 too destructive, 0.7 too weak).", min=0.0, min_exclusive=True, max=1.0, panel=SEED_PANEL)
+    noise_step: int | None = option(None, "Use VCD's noise schedule instead: a = alpha_bar[step] of the 1000-step schedule (VCD: 500). Overrides --noise-alpha.", min=0, max=999, panel=SEED_PANEL)
+    identify: str = option("sample", "Identify: per-sample confidence (mean log max-prob) or per-token confidence.", choices=("sample", "token"), panel=SEED_PANEL)
+    token_confidence: str = option("maxprob", "Per-token confidence measure when --identify token (entropy: higher entropy = lower confidence).", choices=("maxprob", "entropy"), panel=SEED_PANEL)
+    beta_mode: str = option("quantile", "Purge strength from confidence: quantile buckets of the history, or a continuous map.", choices=("quantile", "continuous"), panel=SEED_PANEL)
+    beta_values: tuple[float, ...] = option((1.1, 0.8, 0.6, 0.4), "Beta per confidence bucket, lowest confidence first.", min=0.0, panel=SEED_PANEL)
+    beta_quantiles: tuple[float, ...] = option((0.25, 0.5, 0.75), "History quantiles separating the buckets.", min=0.0, max=1.0, panel=SEED_PANEL)
+    history_size: int = option(1000, "Confidences kept in the history.", min=1, panel=SEED_PANEL)
+    purify_space: str = option("logits", "Purge in logit space (1+b) z(v) - b z(v') or in log-prob space.", choices=("logits", "logprobs"), panel=SEED_PANEL)
+    plausibility_gamma: float | None = option(None, "VCD-style plausibility: tokens with p < gamma * max p (clean) are pushed down by --plausibility-penalty.", min=0.0, max=1.0, panel=SEED_PANEL)
+    plausibility_penalty: float = option(30.0, "Finite logit penalty outside the plausible set: teacher mass there shrinks by exp(-penalty/T); -inf would make reverse KL infinite, huge values swamp the KL term.", min=0.0, min_exclusive=True, panel=SEED_PANEL)
+    divergence: str = option("reverse_kl", "Distillation direction: mode-seeking reverse KL (SEED), forward KL, or generalised JSD.", choices=("reverse_kl", "forward_kl", "jsd"), panel=SEED_PANEL)
+    jsd_beta: float = option(0.5, "Mixture weight of the generalised JSD.", min=0.0, max=1.0, panel=SEED_PANEL)
+    temperature: float = option(2.0, "Distillation temperature T (loss scaled by T^2).", min=0.0, min_exclusive=True, panel=SEED_PANEL)
+    distill_weight: float = option(0.7, "w in w * T^2 KL + (1 - w) CE (0.85 hurt, 0.5 too weak in the reproduction).", min=0.0, max=1.0, panel=SEED_PANEL)
+    teacher_batching: str = option("joint", "Teacher passes: one forward of 2B (clean + noisy) or two forwards of B (less memory).", choices=("joint", "separate"), panel=SEED_PANEL)
+    loss_chunk: int | None = option(None, "Compute the loss over chunks of this many tokens (bounds float32 vocab-sized memory).", min=1, panel=SEED_PANEL)
+
+    lora_r: int = option(64, "LoRA rank.", min=1, panel=LORA)
+    lora_alpha: int = option(128, "LoRA alpha (scale = alpha / r).", min=1, panel=LORA)
+    lora_dropout: float = option(0.05, "LoRA dropout.", min=0.0, max=0.9, panel=LORA)
+    lora_targets: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "o_proj"), "Attention projections of the LANGUAGE model that take the adapter (never the vision tower).", panel=LORA)
+
+    def __post_init__(self) -> None:
+        check(self)
+        require(len(self.beta_values) == len(self.beta_quantiles) + 1, "--beta-values", f"needs one more value than --beta-quantiles ({len(self.beta_values)} values, {len(self.beta_quantiles)} quantiles).")
+        require(list(self.beta_quantiles) == sorted(self.beta_quantiles), "--beta-quantiles", "must be increasing.")
+        require(not (self.resume and self.overwrite), "--resume", "and --overwrite contradict each other; pick one.")
+        require(not (self.method == "sft" and self.rounds > 1), "--rounds", "applies to --method seed only (SFT has no teacher to evolve).")
+        require(self.quantization == "none" or self.rounds == 1, "--rounds", "> 1 merges adapters into the base, which a 4/8-bit base cannot take; use --quantization none.")
