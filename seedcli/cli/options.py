@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import inspect
 import types
 import typing
 from collections.abc import Callable
 from typing import Any
-
-import enum
 
 import typer
 
