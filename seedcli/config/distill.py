@@ -30,7 +30,7 @@ class DistillConfig:
     data: str = option("seed-data", "Data directory written by `seed prepare`.", panel=DATA)
     out: str | None = option(None, "Run directory; default runs/<model>-<method>-<timestamp>.", panel=DATA)
     max_length: int = option(2048, "Max tokens per sample; only text after the image is ever truncated.", min=8, panel=DATA)
-    max_samples: int | None = option(None, "Use only the first N training records (after the seeded shuffle of epoch 0).", min=1, panel=DATA)
+    max_samples: int | None = option(None, "Train on a seeded random subset of N training records.", min=1, panel=DATA)
     resume: bool = option(False, "Continue the run in --out from its newest checkpoint.", panel=DATA)
     overwrite: bool = option(False, "Replace an existing run directory at --out.", panel=DATA)
 
