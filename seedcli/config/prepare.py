@@ -41,7 +41,7 @@ class PrepareConfig:
     workers: int = option(0, "Processes decoding images for --verify-images (0 = one per CPU core).", min=0, panel=INPUTS)
     allow_eval_overlap: bool = option(False, "Keep training records whose COCO image is a POPE or CHAIR evaluation image.", panel=INPUTS)
     pope: bool = option(True, "Build (or import, with --pope-from) the POPE sets; --no-pope skips them.", panel=EVAL)
-    pope_images: int = option(500, "Images sampled for POPE (each gets 6 questions per split).", min=1, panel=EVAL)
+    pope_images: int = option(500, "Images sampled for POPE (2 questions per probed object and split: 3,000 per split at the defaults).", min=1, panel=EVAL)
     pope_objects: int = option(OBJECTS_PER_IMAGE, "Ground-truth objects probed per POPE image (also the minimum number of categories).", min=1, panel=EVAL)
     pope_from: Path | None = option(None, "Import official POPE files (coco_pope_{random,popular,adversarial}.json) from this directory instead of building them.", panel=EVAL)
     chair: bool = option(True, "Build the CHAIR image list and ground truth; --no-chair skips it.", panel=EVAL)
