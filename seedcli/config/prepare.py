@@ -8,7 +8,7 @@ from pathlib import Path
 from seedcli.config.base import check, option, require
 from seedcli.data.chair_gt import CHAIR_IMAGES
 from seedcli.data.pope import OBJECTS_PER_IMAGE
-from seedcli.data.synthetic import DEFAULT_COOCCURRENCE, DEFAULT_IMAGES
+from seedcli.data.world_defaults import DEFAULT_COOCCURRENCE, DEFAULT_IMAGES
 
 INPUTS = "Inputs"
 OUTPUT = "Output"

@@ -39,11 +39,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from seedcli import atomic
+from seedcli.data.world_defaults import DEFAULT_COOCCURRENCE, DEFAULT_IMAGES  # noqa: E402  (re-exported)
 from seedcli.errors import ConfigError
 from seedcli.reporting import NullReporter, Reporter
 
-DEFAULT_IMAGES = 600
-DEFAULT_COOCCURRENCE = 0.9
 DEFAULT_EVAL_FRACTION = 0.25
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_POPE_IMAGES = 80

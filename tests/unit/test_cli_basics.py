@@ -67,7 +67,7 @@ def test_importing_the_cli_does_not_import_torch_or_transformers() -> None:
         "import sys\n"
         "from seedcli.cli import app\n"
         "app._register()\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets', 'numpy', 'PIL') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
