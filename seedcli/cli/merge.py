@@ -1,12 +1,39 @@
-"""`seed merge` (placeholder until its issue lands)."""
+"""`seed merge`: fold a run's adapter into its base and save a plain transformers model."""
 
 from __future__ import annotations
 
+import json
+
 from seedcli.cli.app import app
-from seedcli.errors import NotImplementedYet
+from seedcli.cli.options import config_command, json_option
+from seedcli.config.merge import MergeConfig
+
+HELP = (
+    "Merge a run's adapter (all rounds) into its base model, verify the merged logits against the "
+    "attached adapter, and save a directory that AutoModelForImageTextToText loads. "
+    "Prints the output path as the last line."
+)
 
 
-@app.command(name="merge", help="(not implemented yet)")
-def merge() -> None:
-    """Placeholder."""
-    raise NotImplementedYet("seed merge is not implemented yet.")
+@config_command(app, MergeConfig, name="merge", help=HELP, extra=(json_option(),))
+def merge(cfg: MergeConfig, as_json: bool) -> None:
+    """Run the merge and print its summary."""
+    from seedcli.cli.render import make_reporter, print_table
+    from seedcli.merge import merge as run_merge
+
+    summary = run_merge(cfg, make_reporter(as_json))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    if summary["status"] == "merged":
+        check = summary["verification"]
+        rows = [
+            ("base model", summary["base_model"]),
+            ("adapters", len(summary["adapters"])),
+            ("dtype", summary["dtype"]),
+            ("max |merged - attached| logit", f"{check['max_abs_diff']:.3g} (bound {check['bound']:.3g})"),
+            ("adapter effect (max |logit change|)", f"{check['adapter_effect']:.3g}"),
+            ("files", len(summary["files"])),
+        ]
+        print_table("seed merge: verified", rows)
+    print(summary["out"])
