@@ -66,8 +66,11 @@ def _convert(field: dataclasses.Field[Any], tp: Any, value: Any) -> Any:
     inner, _ = _unwrap_optional(tp)
     if isinstance(value, enum.Enum):
         return value.value
-    if typing.get_origin(inner) is not tuple or value is None:
+    if typing.get_origin(inner) is not tuple:
         return value
+    if value is None:
+        # An unset repeatable flag means "none given"; an unset comma flag keeps its None default.
+        return () if field.metadata.get("multiple") and field.default is not None else value
     (elem, *_rest) = typing.get_args(inner) or (str,)
     items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
     try:

@@ -64,8 +64,6 @@ class EvaluateConfig:
     out: Path | None = option(None, "Results directory (default: results/<UTC timestamp>); rerunning with the same --out resumes.", panel=OUTPUT)
 
     def __post_init__(self) -> None:
-        if self.adapter is None:  # the CLI passes None for a repeatable flag that was not given
-            object.__setattr__(self, "adapter", ())
         object.__setattr__(self, "adapter", tuple(str(a) for a in self.adapter))
         check(self)
         require((self.pope_file is None) == (self.answers is None), "--pope-file" if self.answers is None else "--answers", "needs --answers" if self.answers is None else "needs --pope-file")
