@@ -70,6 +70,10 @@ def format_fields(fields: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f}"
+
+
 class _PlainTask:
     def __init__(self, stream: TextIO, description: str, total: int | None, unit: str, every_s: float) -> None:
         self.stream, self.description, self.total, self.unit = stream, description, total, unit
@@ -81,9 +85,14 @@ class _PlainTask:
         if now - self.last >= self.every_s or (self.total is not None and self.done >= self.total):
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
-            total = f"/{self.total}" if self.total is not None else ""
             extra = f" {format_fields(fields)}" if fields else ""
-            print(f"{self.description}: {self.done}{total} {self.unit} ({rate:.2f} {self.unit}/s){extra}", file=self.stream, flush=True)
+            if self.unit == "B":
+                total = f"/{_megabytes(self.total)}" if self.total is not None else ""
+                progress = f"{_megabytes(self.done)}{total} MB ({rate / 1e6:.1f} MB/s)"
+            else:
+                total = f"/{self.total}" if self.total is not None else ""
+                progress = f"{self.done}{total} {self.unit} ({rate:.2f} {self.unit}/s)"
+            print(f"{self.description}: {progress}{extra}", file=self.stream, flush=True)
 
 
 class PlainReporter:
