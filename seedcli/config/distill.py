@@ -14,6 +14,7 @@ DATA = "Data and output"
 TRAIN = "Training"
 SEED_PANEL = "SEED"
 LORA = "Adapter (LoRA)"
+DIST = "Distributed"
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,15 @@ class DistillConfig:
     lora_dropout: float = option(0.05, "LoRA dropout.", min=0.0, max=0.9, panel=LORA)
     lora_targets: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "o_proj"), "Attention projections of the LANGUAGE model that take the adapter (never the vision tower).", panel=LORA)
 
+    gpus: int | None = option(None, "Processes on this node, one GPU each; relaunches itself through torch's elastic launcher (or joins torchrun/SLURM when started by one).", min=1, panel=DIST)
+    nproc: int | None = option(None, "Processes on this node on any device: --device cpu --nproc 2 runs the same code on gloo.", min=1, panel=DIST)
+    nnodes: int = option(1, "Nodes in the job (run the same command on each with its --node-rank).", min=1, panel=DIST)
+    node_rank: int = option(0, "This node's index, 0 .. nnodes-1.", min=0, panel=DIST)
+    master_addr: str | None = option(None, "Address of node 0 for the rendezvous; default 127.0.0.1 (required with --nnodes > 1).", panel=DIST)
+    master_port: int | None = option(None, "Rendezvous port on node 0; default a free port (required with --nnodes > 1).", min=1, max=65535, panel=DIST)
+    strategy: str = option("ddp", "ddp = replicate the model, sum adapter gradients; fsdp = shard the frozen base across ranks (FSDP2) for models that do not fit one GPU.", choices=("ddp", "fsdp"), panel=DIST)
+    nccl_timeout_s: float = option(1800.0, "Seconds a collective waits for the slowest process before the run fails (NCCL and gloo).", min=0.0, min_exclusive=True, panel=DIST)
+
     def __post_init__(self) -> None:
         check(self)
         require(len(self.beta_values) == len(self.beta_quantiles) + 1, "--beta-values", f"needs one more value than --beta-quantiles ({len(self.beta_values)} values, {len(self.beta_quantiles)} quantiles).")
@@ -81,3 +91,9 @@ class DistillConfig:
         require(not (self.resume and self.overwrite), "--resume", "and --overwrite contradict each other; pick one.")
         require(not (self.method == "sft" and self.rounds > 1), "--rounds", "applies to --method seed only (SFT has no teacher to evolve).")
         require(self.quantization == "none" or self.rounds == 1, "--rounds", "> 1 merges adapters into the base, which a 4/8-bit base cannot take; use --quantization none.")
+        require(self.gpus is None or self.nproc is None or self.gpus == self.nproc, "--gpus", f"{self.gpus} and --nproc {self.nproc} disagree; give one of them.")
+        require(self.gpus is None or self.device != "cpu", "--gpus", "runs one process per GPU; with --device cpu use --nproc instead.")
+        require(self.node_rank < self.nnodes, "--node-rank", f"must be below --nnodes ({self.node_rank} >= {self.nnodes}).")
+        require(self.nnodes == 1 or (self.master_addr is not None and self.master_port is not None), "--nnodes", "> 1 needs --master-addr and --master-port (node 0's address and a free port there), the same on every node.")
+        require(self.strategy == "ddp" or self.quantization == "none", "--strategy", "fsdp cannot shard a 4/8-bit base; use --quantization none or --strategy ddp.")
+        require(self.strategy == "ddp" or self.rounds == 1, "--strategy", "fsdp cannot merge an adapter into a sharded base between rounds; use --rounds 1 or --strategy ddp.")

@@ -38,7 +38,9 @@ from seedcli.errors import ConfigError, DataError, Interrupted, SeedError
 from seedcli.reporting import Reporter
 
 # Fields that may change when resuming (they do not change what is computed).
-OPERATIONAL = ("resume", "overwrite", "out", "log_every", "save_every", "keep_checkpoints", "max_nonfinite")
+OPERATIONAL = ("resume", "overwrite", "out", "log_every", "save_every", "keep_checkpoints", "max_nonfinite", "gpus", "nproc", "nnodes", "node_rank", "master_addr", "master_port", "strategy", "nccl_timeout_s")
+# May change when resuming on another number of processes, as long as the global batch stays the same.
+RESHAPE = ("batch_size", "grad_accum")
 
 
 class Collective:
@@ -99,21 +101,31 @@ def noise_alpha(cfg: DistillConfig) -> float:
     return noise.vcd_alpha_bar(cfg.noise_step) if cfg.noise_step is not None else cfg.noise_alpha
 
 
-def _resolve_resume(cfg: DistillConfig, run: Path) -> DistillConfig:
-    """With --resume the saved config is authoritative; a flag that contradicts it is an error."""
+def _resolve_resume(cfg: DistillConfig, run: Path, world: int, reporter: Reporter) -> DistillConfig:
+    """With --resume the saved config is authoritative; a flag that contradicts it is an error.
+
+    The global batch (batch-size x grad-accum x processes) is part of what is computed: resuming on
+    another number of processes keeps it, choosing --grad-accum unless the flags say otherwise.
+    """
     from seedcli.config.base import from_dict
 
     saved_doc = rundir.open_run(run, flag="--out", require_complete=False).config
     saved = from_dict(DistillConfig, {k: v for k, v in saved_doc["config"].items()})
     default = DistillConfig()
-    conflicts = [
-        name
-        for name in to_dict(cfg)
-        if name not in OPERATIONAL and getattr(cfg, name) != getattr(default, name) and getattr(cfg, name) != getattr(saved, name)
-    ]
+    asked = {name for name in to_dict(cfg) if getattr(cfg, name) != getattr(default, name)}
+    conflicts = [name for name in sorted(asked) if name not in OPERATIONAL + RESHAPE and getattr(cfg, name) != getattr(saved, name)]
     if conflicts:
         raise ConfigError(f"--resume: {', '.join('--' + c.replace('_', '-') for c in conflicts)} differ from the run's config.json; drop them or start a new run.")
-    return replace(saved, **{name: getattr(cfg, name) for name in OPERATIONAL})
+    resumed = replace(saved, **{name: getattr(cfg, name) for name in OPERATIONAL + RESHAPE if name in asked or name in OPERATIONAL})
+    resolved = saved_doc.get("resolved", {})
+    global_batch = int(resolved.get("global_batch", saved.batch_size * saved.grad_accum * int(resolved.get("world_size", 1))))
+    if resumed.batch_size * resumed.grad_accum * world == global_batch:
+        return resumed
+    per_micro = resumed.batch_size * world
+    if "grad_accum" not in asked and global_batch % per_micro == 0:
+        reporter.info(f"resuming on {world} process(es): --grad-accum {global_batch // per_micro} keeps the run's global batch of {global_batch}")
+        return replace(resumed, grad_accum=global_batch // per_micro)
+    raise ConfigError(f"--resume: the run's global batch is {global_batch} (batch-size x grad-accum x processes) but {resumed.batch_size} x {resumed.grad_accum} x {world} = {resumed.batch_size * resumed.grad_accum * world}; choose --batch-size and --grad-accum whose product is {global_batch}/{world}.")
 
 
 def _records(cfg: DistillConfig) -> tuple[Any, list[dict[str, Any]]]:
@@ -237,6 +249,19 @@ def _stop_signals() -> Iterator[dict[str, bool]]:
             signal.signal(sig, old)
 
 
+def _step_seed(cfg: DistillConfig, round_index: int, step: int, rank: int) -> int:
+    # Dropout draws from the global generator. Seeding it per (step, rank) makes it a function of the
+    # position, so no per-rank generator state needs a checkpoint and resuming is deterministic.
+    return hash((cfg.seed, round_index, step, rank, 1)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _load_dtype(name: str, device: str) -> str:
+    """The dtype name that `auto` means on `device` (FSDP loads on cpu for a cuda run)."""
+    from seedcli.models.loading import resolve_dtype
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[resolve_dtype(name, device)]
+
+
 def _tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype == torch.float32 else 5e-2
 
@@ -301,14 +326,33 @@ def _prepare_run_dir(cfg: DistillConfig, out: Path, collective: Collective) -> N
 
 
 def distill(cfg: DistillConfig, reporter: Reporter, *, collective: Collective | None = None) -> dict[str, Any]:
-    """Run SEED (or the SFT baseline) and write the run directory; returns summary.json's content."""
+    """Run SEED (or the SFT baseline) and write the run directory; returns summary.json's content.
+
+    Without `collective`, joins the process group the launcher's environment describes (see
+    seedcli.distributed) and leaves it at the end.
+    """
+    if collective is not None:
+        return _distill(cfg, reporter, collective)
+    from seedcli import distributed
+
+    joined = distributed.join(device=cfg.device, processes=(cfg.gpus or cfg.nproc or 1) * cfg.nnodes, timeout_s=cfg.nccl_timeout_s, master_addr=cfg.master_addr, master_port=cfg.master_port, force=cfg.strategy == "fsdp")
+    try:
+        return _distill(cfg, reporter, joined or Collective())
+    finally:
+        if joined is not None:
+            distributed.shutdown()
+
+
+def _distill(cfg: DistillConfig, reporter: Reporter, collective: Any) -> dict[str, Any]:
+    from seedcli import distributed
     from seedcli.environment import environment
     from seedcli.models.loading import load
 
-    collective = collective or Collective()
+    if not collective.is_main:
+        reporter = distributed.RankReporter(reporter, collective.rank)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if cfg.resume:
-        cfg = _resolve_resume(cfg, out)
+        cfg = _resolve_resume(cfg, out, collective.world, reporter)
     _prepare_run_dir(cfg, out, collective)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -320,7 +364,19 @@ def distill(cfg: DistillConfig, reporter: Reporter, *, collective: Collective | 
         raise DataError(f"{cfg.data} has {len(rows)} training records, fewer than one optimizer step needs ({window} = batch-size x grad-accum x processes).")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     alpha = noise_alpha(cfg)
-    loaded = load(cfg.model, dtype=cfg.dtype, device=cfg.device, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+    # A process group puts each rank on its own device (cuda:<local rank>); FSDP loads on the CPU
+    # and lets fully_shard move each rank's shards there, so the full model never sits on one GPU.
+    target = str(getattr(collective, "device", cfg.device))
+    sharded = cfg.strategy == "fsdp" and hasattr(collective, "device")
+    dtype = _load_dtype(cfg.dtype, target) if sharded else cfg.dtype
+    loaded = None
+    for turn in (True, False):  # rank 0 first: it may download or build caches the others then read
+        if collective.is_main == turn:
+            loaded = load(cfg.model, dtype=dtype, device="cpu" if sharded else target, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+        if collective.world > 1 and turn:
+            collective.any_flag(False)
+    if sharded:
+        loaded = replace(loaded, model=distributed.shard_frozen_base(loaded.model, collective), device=torch.device(target))
     env = environment()
     if collective.is_main:
         chat_template = getattr(loaded.processor, "chat_template", None)
@@ -332,6 +388,8 @@ def distill(cfg: DistillConfig, reporter: Reporter, *, collective: Collective | 
             "noise_alpha": alpha,
             "global_batch": window,
             "world_size": collective.world,
+            "strategy": cfg.strategy if collective.world > 1 or sharded else "single",
+            "backend": distributed.backend_for(loaded.device.type) if hasattr(collective, "device") else None,
             "steps_per_epoch": steps_per_epoch,
             "total_steps_per_round": total_steps,
             "train_records": len(rows),
@@ -361,6 +419,12 @@ def distill(cfg: DistillConfig, reporter: Reporter, *, collective: Collective | 
             model.save_pretrained(str(out / rundir.ROUNDS / f"round-{round_index}" / "adapter"))
         if round_index < cfg.rounds:
             base = model.merge_and_unload()  # the evolved model is the next round's teacher
+    from peft import get_peft_model_state_dict
+
+    # Every rank applied the same summed gradients; check the replicas really are identical.
+    digests = distributed.replica_digests(collective, get_peft_model_state_dict(model))
+    if len(set(digests)) > 1:
+        raise SeedError(f"adapter weights differ across processes after training (digests by rank: {', '.join(digests)}); the gradient reduction is broken, please report this.")
     summary = {
         "seedcli_version": __version__,
         "run_dir": str(out),
@@ -373,6 +437,7 @@ def distill(cfg: DistillConfig, reporter: Reporter, *, collective: Collective | 
         "adapter_chain": [str(p) for p in ([out / rundir.ROUNDS / f"round-{r}" / "adapter" for r in range(1, cfg.rounds + 1)] if cfg.rounds > 1 else [out / rundir.ADAPTER])],
         "round_results": results,
         "final": results[-1] if results else {},
+        "replicas": {"world_size": collective.world, "adapter_digests": digests},
     }
     if collective.is_main:
         model.save_pretrained(str(out / rundir.ADAPTER))
@@ -400,6 +465,7 @@ def _train_round(
 
     per_process = cfg.batch_size * cfg.grad_accum
     window = per_process * collective.world
+    sharded_forwards = cfg.strategy == "fsdp" and collective.world > 1
 
     def window_indices(step: int) -> list[int]:
         epoch = step // steps_per_epoch
@@ -410,7 +476,7 @@ def _train_round(
 
     # --- setup: probe batch on the unwrapped base, adapter, optimizer, schedule -------------------
     probe = _encode_micro(loaded, data, rows, window_indices(0)[: cfg.batch_size], cfg, round_index, 0, alpha, reporter)
-    if probe is None:
+    if collective.any_flag(probe is None):
         raise DataError("the first batch could not be encoded (see the warnings above).")
     with torch.no_grad():
         base_logits = supervised_logits(base, probe.inputs, probe.sup.mask)
@@ -426,7 +492,8 @@ def _train_round(
         start_step = int(state["position"]["step"])
         history = purify.ConfidenceHistory.from_state(state["history"], cfg.history_size)
         counters.update(state["counters"])
-        _truncate_metrics(out / rundir.METRICS, round_index, start_step)
+        if collective.is_main:
+            _truncate_metrics(out / rundir.METRICS, round_index, start_step)
         reporter.info(f"resumed round {round_index} from {resume_from.name} (step {start_step}/{total_steps})")
     checks = _sanity_checks(cfg, model, base_logits, probe, alpha)
     if collective.is_main and start_step == 0:
@@ -444,6 +511,7 @@ def _train_round(
                 counters=counters,
             )
             checkpoint.prune(out / rundir.CHECKPOINTS, cfg.keep_checkpoints)
+        collective.any_flag(False)  # barrier: no rank stops or moves on before the checkpoint is complete
 
     # --- the loop ---------------------------------------------------------------------------------
     stats = _Stats()
@@ -454,11 +522,15 @@ def _train_round(
             task.advance(start_step)
         for step in range(start_step, total_steps):
             model.train()
+            torch.manual_seed(_step_seed(cfg, round_index, step, collective.rank))
             indices = window_indices(step)
             micros = [_encode_micro(loaded, data, rows, indices[i : i + cfg.batch_size], cfg, round_index, step, alpha, reporter) for i in range(0, len(indices), cfg.batch_size)]
             skipped = len(indices) - sum(m.samples for m in micros if m is not None)
             micros = [m for m in micros if m is not None]
-            counters["skipped_samples"] += skipped
+            # FSDP all-gathers inside every forward: a rank with fewer forwards would hang the others.
+            if sharded_forwards and collective.any_flag(len(micros) < cfg.grad_accum):
+                raise DataError(f"step {step + 1}: a whole micro-batch could not be encoded on some process (see the warnings); --strategy fsdp needs the same forwards on every process: fix or remove those records.")
+            counters["skipped_samples"] += collective.sum_int(skipped)
             num_tokens = collective.sum_int(sum(m.sup.count for m in micros))
             if num_tokens == 0:
                 raise DataError(f"step {step}: no supervised tokens in the whole batch; check the data.")
@@ -466,7 +538,7 @@ def _train_round(
             # Teacher passes, identify and beta for the whole window (before any student pass).
             targets: list[torch.Tensor | None] = []
             conf_window = torch.zeros(0)
-            betas = torch.zeros(0)
+            betas = all_betas = torch.zeros(0)
             if cfg.method == "seed":
                 teacher = [_teacher(model, m, joint) for m in micros]
                 confs = [_confidence(cfg, clean, m) for (clean, _), m in zip(teacher, micros)]
@@ -499,6 +571,8 @@ def _train_round(
                 loss_value += float(total.detach())
                 ce_value += float(ce.detach())
                 kl_value += float(kl.detach()) if kl is not None else 0.0
+            # Each process holds its share of the window's sums (already over the global token count).
+            loss_value, kl_value, ce_value = (float(v) for v in collective.gather(torch.tensor([loss_value, kl_value, ce_value], dtype=torch.float64)).view(-1, 3).sum(0))
             collective.reduce_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
             finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
@@ -514,13 +588,12 @@ def _train_round(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 counters["bad_in_a_row"] = 0
-                # Sums over processes are already in the loss normaliser; these are this process's parts.
                 stats.steps += 1
                 stats.loss += loss_value
                 stats.kl += kl_value
                 stats.ce += ce_value
                 stats.grad_norm += float(grad_norm)
-                stats.beta += float(betas.mean()) if betas.numel() else 0.0
+                stats.beta += float(all_betas.mean()) if all_betas.numel() else 0.0
                 stats.conf += float(conf_window.mean()) if conf_window.numel() else 0.0
                 if cfg.method == "seed":
                     counters["kl_sum"] += kl_value
