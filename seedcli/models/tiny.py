@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-from seedcli import atomic
 
 SEED = 0
 IMAGE_SIZE = 32
@@ -182,11 +182,16 @@ def ensure_tiny(name: str) -> Path:
     if (final / "config.json").is_file():
         return final
     transformers.logging.disable_progress_bar()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
-        with atomic.staged_dir(final, overwrite=True) as tmp:
-            BUILDERS[name](tmp)
+        BUILDERS[name](tmp)
+        # First writer wins: rename fails if another process already put a complete build there,
+        # and a complete build is never replaced while someone may be reading it.
+        os.rename(tmp, final)
     except OSError:
-        if (final / "config.json").is_file():  # another process finished the same build first
-            return final
-        raise
+        if not (final / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -280,7 +280,7 @@ def test_cli_passes_flags_to_the_library(monkeypatch, cli, tmp_path: Path) -> No
         return {"run_dir": str(tmp_path / "x")}
 
     monkeypatch.setattr(engine, "distill", fake)
-    code, out, _ = cli(["distill", "--model", "llava-1.5-7b", "--gpus" if False else "--lr", "1e-5", "--beta-values", "1.0,0.5", "--beta-quantiles", "0.5", "--method", "sft", "--noise-step", "500", "--no-gradient-checkpointing"])
+    code, out, _ = cli(["distill", "--model", "llava-1.5-7b", "--lr", "1e-5", "--beta-values", "1.0,0.5", "--beta-quantiles", "0.5", "--method", "sft", "--noise-step", "500", "--no-gradient-checkpointing"])
     assert code == 0 and out.strip() == str(tmp_path / "x")
     cfg = received["cfg"]
     assert (cfg.model, cfg.lr, cfg.beta_values, cfg.beta_quantiles, cfg.method, cfg.noise_step) == ("llava-1.5-7b", 1e-5, (1.0, 0.5), (0.5,), "sft", 500)

@@ -121,3 +121,18 @@ def test_error_classes_map_to_documented_exit_codes(exc: str, code: int, capsys,
     assert info.value.code == code
     err = capsys.readouterr().err
     assert "something specific went wrong" in err and "Traceback" not in err
+
+
+def test_error_text_with_brackets_is_printed_verbatim(capsys, monkeypatch) -> None:
+    from seedcli.cli import app as app_module
+    from seedcli.errors import DataError
+
+    def boom(*args, **kwargs):
+        raise DataError("gloo failed at [/__w/pair.cc:553] reading [bold]x[/bold]")
+
+    monkeypatch.setattr(app_module, "app", boom)
+    monkeypatch.setattr(app_module, "_register", lambda: None)
+    with pytest.raises(SystemExit) as info:
+        app_module.main([])
+    assert info.value.code == 3
+    assert "[/__w/pair.cc:553] reading [bold]x[/bold]" in capsys.readouterr().err
