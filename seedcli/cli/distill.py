@@ -6,8 +6,7 @@ import dataclasses
 import json
 
 from seedcli.cli.app import app
-from seedcli.cli.options import config_command, json_option
-from seedcli.config.base import flag_name
+from seedcli.cli.options import config_argv, config_command, json_option
 from seedcli.config.distill import DistillConfig
 
 HELP = """Train a LoRA adapter with SEED: purify the frozen model's logits with a noised-image teacher
@@ -17,22 +16,6 @@ Writes a run directory (config.json, env.json, metrics.jsonl, adapter/, checkpoi
 its path is the last line on stdout, so scripts can capture it:  RUN=$(seed distill ... | tail -n 1)
 
 --gpus N / --nproc N start N worker processes through torch's elastic launcher (docs/distributed.md)."""
-
-
-def _argv(cfg: DistillConfig, as_json: bool) -> list[str]:
-    """The flags that rebuild `cfg` in a worker process (fields left at their default are omitted)."""
-    args = ["distill"]
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        if value == field.default or value is None:
-            continue
-        if isinstance(value, bool):
-            args.append(flag_name(field) if value else "--no-" + flag_name(field)[2:])
-        elif isinstance(value, tuple):
-            args += [flag_name(field), ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)]
-        else:
-            args += [flag_name(field), repr(value) if isinstance(value, float) else str(value)]
-    return args + (["--json"] if as_json else [])
 
 
 @config_command(app, DistillConfig, name="distill", help=HELP, extra=(json_option(),))
@@ -48,7 +31,7 @@ def distill(cfg: DistillConfig, as_json: bool) -> None:
         distributed.check_gpus(cfg.gpus)
         # Every worker must agree on the run directory, so the timestamped default is fixed here.
         fixed = cfg if cfg.out or cfg.resume else dataclasses.replace(cfg, out=str(default_out(cfg)))
-        distributed.relaunch_cli(_argv(fixed, as_json), nproc=processes, nnodes=cfg.nnodes, node_rank=cfg.node_rank, master_addr=cfg.master_addr, master_port=cfg.master_port)
+        distributed.relaunch_cli(config_argv("distill", fixed, as_json=as_json), nproc=processes, nnodes=cfg.nnodes, node_rank=cfg.node_rank, master_addr=cfg.master_addr, master_port=cfg.master_port)
         return
     try:
         summary = run(cfg, make_reporter(as_json))

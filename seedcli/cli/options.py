@@ -123,3 +123,26 @@ def json_option() -> inspect.Parameter:
         default=typer.Option(False, "--json", help="Print only the result as JSON on stdout."),
         annotation=bool,
     )
+
+
+def config_argv(command: str, cfg: Any, *, as_json: bool = False) -> list[str]:
+    """The CLI arguments that rebuild `cfg` (fields at their default are omitted): for relaunched workers."""
+    args = [command]
+    positional: list[str] = []
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if value == field.default or value is None:
+            continue
+        if field.metadata.get("argument"):
+            positional.append(str(value))
+        elif isinstance(value, bool):
+            args.append(flag_name(field) if value else "--no-" + flag_name(field)[2:])
+        elif isinstance(value, tuple) and field.metadata.get("multiple"):
+            for item in value:
+                args += [flag_name(field), str(item)]
+        elif isinstance(value, tuple):
+            args += [flag_name(field), ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)]
+        else:
+            # repr() keeps floats exact across the round trip (1e-06, not 1e-6 rounded).
+            args += [flag_name(field), repr(value) if isinstance(value, float) else str(value)]
+    return args + positional + (["--json"] if as_json else [])

@@ -15,6 +15,7 @@ BENCH = "Benchmarks"
 DECODE = "Decoding"
 SCORE = "Score-only mode"
 OUTPUT = "Output"
+DIST = "Distributed"
 
 POPE_CHOICES = ("random", "popular", "adversarial", "all")
 DECODE_CHOICES = ("plain", "vcd")
@@ -63,6 +64,11 @@ class EvaluateConfig:
 
     out: Path | None = option(None, "Results directory (default: results/<UTC timestamp>); rerunning with the same --out resumes.", panel=OUTPUT)
 
+    gpus: int | None = option(None, "Shard the questions over N GPUs of this node (one process each, started through torch's elastic launcher); results equal a single-process run.", min=1, panel=DIST)
+    nproc: int | None = option(None, "Shard over N processes on --device (e.g. --device cpu --nproc 2).", min=1, panel=DIST)
+    master_port: int | None = option(None, "Rendezvous port for the worker processes (default: a free port).", min=1, max=65535, panel=DIST)
+    timeout_s: float = option(1800.0, "Seconds a process waits for the others before the run fails.", min=0.0, min_exclusive=True, panel=DIST)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "adapter", tuple(str(a) for a in self.adapter))
         check(self)
@@ -72,7 +78,15 @@ class EvaluateConfig:
         require(not (score_only and (self.pope or self.chair)), "--pope-file/--captions", "score existing outputs; do not combine them with --pope/--chair.")
         require(not (score_only and (self.model or self.adapter)), "--pope-file/--captions", "score existing outputs; --model/--adapter are not used.")
         require(score_only or self.pope is not None or self.chair, "--pope", "or --chair is needed: choose what to evaluate (e.g. --pope all --chair).")
+        require(self.gpus is None or self.nproc is None or self.gpus == self.nproc, "--gpus", "and --nproc disagree; give one of them.")
+        require(self.gpus is None or self.device != "cpu", "--gpus", "needs CUDA; use --device cpu --nproc N for CPU processes.")
+        require(not (score_only and (self.gpus or 1) * (self.nproc or 1) > 1), "--gpus/--nproc", "shard generation; score-only mode has nothing to shard.")
         require(not (self.pope_scoring == "logits" and self.decode == "vcd"), "--pope-scoring logits", "scores the plain model's next-token logits; it cannot be combined with --decode vcd.")
+
+    @property
+    def processes(self) -> int:
+        """Worker processes asked for (1 = no sharding)."""
+        return self.gpus or self.nproc or 1
 
     @property
     def score_only(self) -> bool:

@@ -35,6 +35,8 @@ from seedcli.reporting import Reporter
 SCHEMA_VERSION = 1
 SETTINGS = "settings.json"
 SAMPLES = "samples.jsonl"
+SHARD_NAME = "samples.rank-{rank}.jsonl"
+SHARD_GLOB = "samples.rank-*.jsonl"
 RESULTS = "results.json"
 DEFAULT_RESULTS_ROOT = Path("results")
 BASE_LABEL = "base"
@@ -367,9 +369,29 @@ def _run_part(loaded: Any, spec: ModelSpec, part: _Part, pending: list[dict[str,
             task.advance(len(chunk))
 
 
-def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, items: Items, samples: Path, reporter: Reporter) -> list[dict[str, str]]:
-    """Run every pending part for every model; failures are recorded and the rest goes on."""
-    done = {_key(row) for row in _read_samples(samples, reporter)}
+def _sample_files(out: Path) -> list[Path]:
+    """samples.jsonl and the per-process shards of a sharded run (merged into it at the end)."""
+    return [p for p in [out / SAMPLES, *sorted(out.glob(SHARD_GLOB))] if p.is_file()]
+
+
+def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, items: Items, samples: Path, reporter: Reporter, *, rank: int = 0, world: int = 1, barrier: Any = None) -> list[dict[str, str]]:
+    """Run every pending part for every model; failures are recorded and the rest goes on.
+
+    With `world` processes, each takes a contiguous shard of every part's pending items and appends
+    to its own shard file; every process reads what is done before any of them writes.
+    """
+    from seedcli.distributed import shard
+
+    if rank == 0:
+        for path in _sample_files(samples.parent):
+            _read_samples(path, reporter)  # repairs a torn last line before anyone reads
+    if barrier is not None:
+        barrier()
+    done = {_key(row) for path in _sample_files(samples.parent) for row in atomic.read_jsonl(path)}
+    if barrier is not None:
+        barrier()
+    if world > 1:
+        samples = samples.parent / SHARD_NAME.format(rank=rank)
     parts = _parts(cfg, items)
     errors: list[dict[str, str]] = []
     loaded, pristine = None, False
@@ -378,6 +400,7 @@ def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, it
         for part in parts:
             pending = [item for item in part.items if _key({"model": spec.label, "benchmark": part.benchmark, "split": part.split, "seed": part.decoding.seed, "id": _item_id(part, item)}) not in done]
             skipped = len(part.items) - len(pending)
+            pending = shard(pending, rank, world)
             if skipped:
                 reporter.info(f"{spec.label} {part.name} seed {part.decoding.seed}: {skipped} finished item(s) in {samples.name} skipped")
             if pending:
@@ -410,6 +433,26 @@ def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, it
 
 
 # ----------------------------------------------------------------------------- scoring
+
+
+def _merge_shards(out: Path, specs: Sequence[ModelSpec], parts: list[_Part]) -> None:
+    """Fold the shard files into samples.jsonl in the order a single process writes it."""
+    order: dict[tuple[str, ...], int] = {}
+    for spec in specs:
+        for part in parts:
+            for item in part.items:
+                key = _key({"model": spec.label, "benchmark": part.benchmark, "split": part.split, "seed": part.decoding.seed, "id": _item_id(part, item)})
+                order.setdefault(key, len(order))
+    shards = sorted(out.glob(SHARD_GLOB))
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    for path in [out / SAMPLES, *shards]:
+        if path.is_file():
+            for row in atomic.read_jsonl(path):
+                rows.setdefault(_key(row), row)
+    ranked = sorted(rows.items(), key=lambda kv: order.get(kv[0], len(order)))
+    atomic.write_jsonl(out / SAMPLES, [row for _, row in ranked])
+    for path in shards:
+        path.unlink()
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -619,10 +662,27 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     data, items = load_items(cfg, reporter)
     models, prompts = _identities(cfg, specs, items)
     settings = _settings(cfg, specs)
-    _open_out(out, settings)
-    reporter.log({"protocol": protocol_label(cfg), "models": ",".join(s.label for s in specs), "pope": ",".join(items.pope) or "-", "chair_images": len(items.chair), "out": str(out)})
+    from seedcli import distributed
+
+    collective = distributed.join(device=cfg.device, processes=cfg.processes, timeout_s=cfg.timeout_s, master_port=cfg.master_port)
+    rank, world = (collective.rank, collective.world) if collective is not None else (0, 1)
+    barrier = (lambda: collective.any_flag(False)) if collective is not None else None
+    if rank == 0:
+        _open_out(out, settings)
+        reporter.log({"protocol": protocol_label(cfg), "models": ",".join(s.label for s in specs), "pope": ",".join(items.pope) or "-", "chair_images": len(items.chair), "out": str(out), "processes": world})
+    else:
+        reporter = distributed.RankReporter(reporter, rank)
     samples = out / SAMPLES
-    errors = _generate_all(cfg, specs, data, items, samples, reporter)
+    errors = _generate_all(cfg, specs, data, items, samples, reporter, rank=rank, world=world, barrier=barrier)
+    if collective is not None:
+        errors = distributed.gather_records(errors, collective)
+        barrier()  # every shard file is complete
+        if rank == 0:
+            _merge_shards(out, specs, _parts(cfg, items))
+        barrier()
+        distributed.shutdown()
+        if rank != 0:
+            return {"worker": True, "rank": rank}
     scores = _score_all(cfg, specs, items, _read_samples(samples, reporter), errors, reporter)
     results = _envelope(cfg, out, "generate")
     results.update(

@@ -58,9 +58,9 @@ def config(data: Path, out: Path, **overrides) -> DistillConfig:
 
 
 def cli_args(cfg: DistillConfig) -> list[str]:
-    from seedcli.cli.distill import _argv
+    from seedcli.cli.options import config_argv
 
-    return _argv(cfg, as_json=False)
+    return config_argv("distill", cfg)
 
 
 def metrics(run: Path) -> list[dict]:
