@@ -69,6 +69,8 @@ class DistillConfig:
     distill_weight: float = option(0.7, "w in w * T^2 KL + (1 - w) CE (0.85 hurt, 0.5 too weak in the reproduction).", min=0.0, max=1.0, panel=SEED_PANEL)
     teacher_batching: str = option("joint", "Teacher passes: one forward of 2B (clean + noisy) or two forwards of B (less memory).", choices=("joint", "separate"), panel=SEED_PANEL)
     loss_chunk: int | None = option(None, "Compute the loss over chunks of this many tokens (bounds float32 vocab-sized memory).", min=1, panel=SEED_PANEL)
+    teacher_cache: str = option("off", "Reuse teacher logits across epochs (top-k in <out>/teacher-cache): clean = z(v) only (exact at k >= vocab); both = also z(v'), no teacher pass after epoch 1 but each sample keeps its epoch-1 noise (not fresh per step).", choices=("off", "clean", "both"), panel=SEED_PANEL)
+    teacher_cache_k: int = option(64, "Logits kept per supervised token in the teacher cache (k >= vocabulary size: exact; see docs/performance.md).", min=1, panel=SEED_PANEL)
 
     lora_r: int = option(64, "LoRA rank.", min=1, panel=LORA)
     lora_alpha: int = option(128, "LoRA alpha (scale = alpha / r).", min=1, panel=LORA)
@@ -90,6 +92,7 @@ class DistillConfig:
         require(list(self.beta_quantiles) == sorted(self.beta_quantiles), "--beta-quantiles", "must be increasing.")
         require(not (self.resume and self.overwrite), "--resume", "and --overwrite contradict each other; pick one.")
         require(not (self.method == "sft" and self.rounds > 1), "--rounds", "applies to --method seed only (SFT has no teacher to evolve).")
+        require(self.method == "seed" or self.teacher_cache == "off", "--teacher-cache", "applies to --method seed only (SFT has no teacher).")
         require(self.quantization == "none" or self.rounds == 1, "--rounds", "> 1 merges adapters into the base, which a 4/8-bit base cannot take; use --quantization none.")
         require(self.gpus is None or self.nproc is None or self.gpus == self.nproc, "--gpus", f"{self.gpus} and --nproc {self.nproc} disagree; give one of them.")
         require(self.gpus is None or self.device != "cpu", "--gpus", "runs one process per GPU; with --device cpu use --nproc instead.")

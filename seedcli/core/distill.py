@@ -33,7 +33,7 @@ import torch
 from seedcli import __version__, atomic, rundir
 from seedcli.config.base import to_dict
 from seedcli.config.distill import DistillConfig
-from seedcli.core import checkpoint, losses, noise, purify
+from seedcli.core import checkpoint, losses, noise, purify, teacher_cache
 from seedcli.errors import ConfigError, DataError, Interrupted, SeedError
 from seedcli.reporting import Reporter
 
@@ -162,6 +162,8 @@ class _Micro:
     noisy_pixels: Any
     sup: Any  # seedcli.models.forward.Supervised
     samples: int
+    indices: tuple[int, ...] = ()  # positions in the training records of the encoded samples, in batch order
+    record_ids: tuple[str, ...] = ()
 
 
 def _encode_micro(loaded: Any, data: Any, rows: list[dict[str, Any]], indices: list[int], cfg: DistillConfig, round_index: int, step: int, alpha: float, reporter: Reporter) -> _Micro | None:
@@ -170,7 +172,7 @@ def _encode_micro(loaded: Any, data: Any, rows: list[dict[str, Any]], indices: l
     from seedcli.models.chat import collate, encode
     from seedcli.models.forward import model_inputs, supervised
 
-    clean, noisy = [], []
+    clean, noisy, kept = [], [], []
     for index in indices:
         row = rows[index]
         try:
@@ -181,6 +183,7 @@ def _encode_micro(loaded: Any, data: Any, rows: list[dict[str, Any]], indices: l
             reporter.warn(f"skipping record {row['id']}: {exc}")
             continue
         clean.append(enc)
+        kept.append(index)
         if cfg.method == "seed":
             pixels = enc.vision["pixel_values"]
             noised = noise.add_diffusion_noise(pixels, alpha, _noise_generator(cfg, round_index, step, index))
@@ -194,7 +197,7 @@ def _encode_micro(loaded: Any, data: Any, rows: list[dict[str, Any]], indices: l
     inputs = {k: v.to(loaded.device) for k, v in model_inputs(batch).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
     noisy_pixels = collate(noisy, pad_id=pad_id)["pixel_values"].to(loaded.device, loaded.dtype) if noisy else None
-    return _Micro(inputs=inputs, noisy_pixels=noisy_pixels, sup=sup, samples=len(clean))
+    return _Micro(inputs=inputs, noisy_pixels=noisy_pixels, sup=sup, samples=len(clean), indices=tuple(kept), record_ids=tuple(str(rows[i]["id"]) for i in kept))
 
 
 def _teacher(model: Any, micro: _Micro, joint: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +212,26 @@ def _teacher(model: Any, micro: _Micro, joint: bool) -> tuple[torch.Tensor, torc
         clean = supervised_logits(model, micro.inputs, micro.sup.mask)
         noisy = supervised_logits(model, {**micro.inputs, "pixel_values": micro.noisy_pixels}, micro.sup.mask)
         return clean, noisy
+
+
+def _teacher_targets(model: Any, micro: _Micro, joint: bool, cache: teacher_cache.TeacherCache | None, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher logits [N, V]: from the cache when every sample of the micro-batch is in it, else computed and stored."""
+    if cache is None:
+        return _teacher(model, micro, joint)
+    rows = torch.bincount(micro.sup.sample_index, minlength=micro.samples).tolist()
+    hit = cache.load_micro(round_index, micro.indices, micro.record_ids, rows, micro.sup.mask.device)
+    if hit is None:
+        clean, noisy = _teacher(model, micro, joint)
+        cache.store_micro(round_index, micro.indices, micro.record_ids, micro.sup.sample_index, clean, noisy)
+        return clean, noisy
+    clean, cached_noisy = hit
+    if cached_noisy is not None:
+        return clean, cached_noisy
+    from seedcli.models.forward import supervised_logits
+
+    # Mode "clean": the noisy pass still runs, on this step's fresh noise.
+    with torch.no_grad(), model.disable_adapter():
+        return clean, supervised_logits(model, {**micro.inputs, "pixel_values": micro.noisy_pixels}, micro.sup.mask)
 
 
 def _confidence(cfg: DistillConfig, clean: torch.Tensor, micro: _Micro) -> torch.Tensor:
@@ -517,6 +540,7 @@ def _train_round(
     stats = _Stats()
     last: dict[str, Any] = {}
     joint = cfg.teacher_batching == "joint"
+    cache = teacher_cache.TeacherCache(out / "teacher-cache", cfg.teacher_cache_k, cfg.teacher_cache) if cfg.method == "seed" and cfg.teacher_cache != "off" else None
     with _stop_signals() as stop, reporter.task(f"round {round_index}/{cfg.rounds}" if cfg.rounds > 1 else cfg.method, total=total_steps, unit="step") as task:
         if start_step:
             task.advance(start_step)
@@ -540,7 +564,7 @@ def _train_round(
             conf_window = torch.zeros(0)
             betas = all_betas = torch.zeros(0)
             if cfg.method == "seed":
-                teacher = [_teacher(model, m, joint) for m in micros]
+                teacher = [_teacher_targets(model, m, joint, cache, round_index) for m in micros]
                 confs = [_confidence(cfg, clean, m) for (clean, _), m in zip(teacher, micros)]
                 local = torch.cat(confs).float().cpu() if confs else torch.zeros(0)
                 conf_window = collective.gather(local)

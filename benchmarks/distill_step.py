@@ -1,0 +1,300 @@
+"""SEED step vs SFT step of the real `seed distill` loop, side by side in one run.
+
+Each configuration runs `seedcli.core.distill.distill` (the real loop, unchanged) on the same
+model shape, batch and sequence; a reporter timestamps every optimizer step, the first --warmup
+steps are dropped, and the median step time is reported with samples/s, tokens/s, model FLOP
+utilisation against the matmul rate measured in this run (bf16 on GPU, fp32 on CPU), and peak
+memory (torch.cuda.max_memory_allocated on GPU; peak RSS on CPU, reset through
+/proc/self/clear_refs before each configuration). FLOPs are counted by benchmarks/shapes.py.
+
+    python benchmarks/distill_step.py --shape tiny-llava --steps 6 --warmup 2
+    python benchmarks/distill_step.py --shape llava-7b --steps 20 --warmup 5 \
+        --also teacher_batching=separate --also gradient_checkpointing=true --also loss_chunk=64 --cache-epochs 3
+
+Built shapes (small-llava, llava-7b) are created from a config by benchmarks/shapes.py; the loop's
+model loader is pointed at that builder for the duration of the run (the step code is untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import shapes  # noqa: E402  (benchmarks/ is not a package)
+
+from seedcli.config.distill import DistillConfig  # noqa: E402
+from seedcli.core import distill as engine  # noqa: E402
+from seedcli.models import loading  # noqa: E402
+
+
+class _Clock:
+    """Timestamps each `advance` (one optimizer step of the loop)."""
+
+    def __init__(self, sync: bool) -> None:
+        self.sync = sync
+        self.stamps: list[tuple[float, float]] = []
+
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        self.stamps.append((time.perf_counter(), time.process_time()))
+
+
+class ClockReporter:
+    """A Reporter that records step times and drops everything else."""
+
+    def __init__(self, sync: bool) -> None:
+        self.sync = sync
+        self.clock = _Clock(sync)
+        self.start = (0.0, 0.0)
+
+    @contextmanager
+    def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[_Clock]:
+        if self.sync:
+            torch.cuda.synchronize()
+        self.start = (time.perf_counter(), time.process_time())
+        yield self.clock
+
+    def log(self, fields: Mapping[str, Any]) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    def step_times(self, clock: int) -> list[float]:
+        """Seconds per step, in order: clock 0 = wall time, 1 = this process's CPU time."""
+        stamps = [self.start, *self.clock.stamps]
+        return [b[clock] - a[clock] for a, b in zip(stamps, stamps[1:])]
+
+
+def matmul_rate(device: str, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Measured FLOP/s of a square matmul (median of `repeats`)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    clock = time.perf_counter if device == "cuda" else time.process_time  # CPU: see run_config
+    times = []
+    for _ in range(repeats + 2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = clock()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(clock() - started)
+    return 2 * size**3 / statistics.median(times[2:])
+
+
+def _proc_status(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak(device: str) -> int | None:
+    """Reset the peak-memory counter; returns the current RSS (CPU) or allocated bytes (GPU)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    return _proc_status("VmRSS")
+
+
+def peak(device: str) -> int | None:
+    """Peak bytes since `reset_peak`."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return _proc_status("VmHWM")
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    field_types = {f.name: f.type for f in dataclasses.fields(DistillConfig)}
+    if key not in field_types:
+        raise SystemExit(f"--also {text}: {key} is not a DistillConfig field")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, None if value == "none" else value
+
+
+def run_config(label: str, cfg: DistillConfig, shape: shapes.Shape, attn: str, device: str) -> dict[str, Any]:
+    """Run the loop once with `cfg`; step times, peak memory."""
+    original = loading.load
+
+    def build(name: str, **kwargs: Any) -> Any:
+        return shapes.loaded(shape, kwargs.get("dtype", "auto"), kwargs.get("device", "auto"), attn)
+
+    if shape.built:  # tiny models load through the real loader
+        loading.load = build
+    before = reset_peak(device)
+    reporter = ClockReporter(sync=device == "cuda")
+    try:
+        engine.distill(cfg, reporter)
+    finally:
+        loading.load = original
+    top = peak(device)
+    # On a CPU shared with other jobs, wall time measures the neighbours too: the process's CPU
+    # time is the comparable quantity there (with --threads 1 it is the compute actually done).
+    times = reporter.step_times(0 if device == "cuda" else 1)
+    return {"label": label, "times": times, "wall": reporter.step_times(0), "peak": top, "before": before}
+
+
+def sequence_lengths(shape: shapes.Shape, data: Path) -> tuple[int, int, int]:
+    """(tokens, supervised tokens, image tokens) of one benchmark record (all records have the same)."""
+    from PIL import Image
+
+    from seedcli.data.datadir import open_data_dir
+    from seedcli.models.chat import encode
+    from seedcli.models.families import family_for, resolve
+
+    processor = shapes.build_processor(shape) if shape.built else loading.load_processor(resolve(shape.name).source, family_for("llava"))
+    row = next(iter(open_data_dir(data).train()))
+    with Image.open(data / "images" / "0.png") as handle:
+        enc = encode(processor, family_for("llava"), list(row["messages"]), handle.convert("RGB"))
+    image_id = processor.tokenizer.convert_tokens_to_ids(shapes.IMAGE_TOKEN)
+    return len(enc.input_ids), enc.num_supervised, sum(1 for t in enc.input_ids if t == image_id)
+
+
+def main() -> None:
+    """Parse options, run every configuration, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(shapes.SHAPES), default="tiny-llava")
+    parser.add_argument("--steps", type=int, default=6, help="Timed optimizer steps per configuration.")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps first.")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--teacher-batching", choices=("joint", "separate"), default="joint")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--loss-chunk", type=int, default=None)
+    parser.add_argument("--attn-implementation", default="sdpa")
+    parser.add_argument("--lora-r", type=int, default=64)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE", help="An extra SEED row with this DistillConfig override (repeatable).")
+    parser.add_argument("--cache-epochs", type=int, default=0, help="Also run SEED with --teacher-cache both for this many epochs and report per-epoch step times.")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs: 1 makes CPU time = compute).")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = loading.resolve_device(args.device)
+    dtype = loading.resolve_dtype(args.dtype, device)
+    shape = shapes.SHAPES[args.shape]
+    rate_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    rate = matmul_rate(device, rate_dtype, 8192 if device == "cuda" else 1024, 20 if device == "cuda" else 5)
+    print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
+    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} ({torch.get_num_threads()} threads), torch {torch.__version__}, weights {dtype}, matmul {rate_dtype} {rate / 1e12:.3f} TFLOP/s measured")
+
+    steps_total = args.warmup + args.steps
+    with tempfile.TemporaryDirectory(prefix="seed-step-bench-") as tmp:
+        root = Path(tmp)
+        processor = shapes.build_processor(shape) if shape.built else None
+        data = shapes.write_data(root / "data", shape, processor, n=steps_total * args.batch_size)
+        seq, sup, image_tokens = sequence_lengths(shape, data)
+        common = dict(
+            model=shape.name, data=str(data), device=device, dtype={torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, "auto"),
+            batch_size=args.batch_size, grad_accum=1, lr=1e-5, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+            log_every=10**6, save_every=10**6, warmup_ratio=0.0, max_length=max(seq, 8), attn_implementation=args.attn_implementation,
+            teacher_batching=args.teacher_batching, gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk,
+        )
+        runs: list[tuple[str, DistillConfig]] = [
+            ("sft", DistillConfig(**common, method="sft", max_steps=steps_total, out=str(root / "sft"))),
+            ("seed", DistillConfig(**common, method="seed", max_steps=steps_total, out=str(root / "seed"))),
+        ]
+        for i, text in enumerate(args.also):
+            key, value = _parse_override(text)
+            runs.append((f"seed {key}={value}", DistillConfig(**{**common, key: value}, method="seed", max_steps=steps_total, out=str(root / f"also-{i}"))))
+        fields = {f.name for f in dataclasses.fields(DistillConfig)}
+        if args.cache_epochs:
+            if "teacher_cache" not in fields:
+                raise SystemExit("--cache-epochs: this seedcli has no --teacher-cache option yet")
+            runs.append(("seed cache=both", DistillConfig(**common, method="seed", epochs=args.cache_epochs, teacher_cache="both", out=str(root / "cache"))))
+
+        results = []
+        for label, cfg in runs:
+            print(f"running {label} ...", file=sys.stderr, flush=True)
+            results.append(run_config(label, cfg, shape, args.attn_implementation, device))
+    model_counts = count_model(shape, image_tokens)
+
+    per_sample = shapes.flops(model_counts, seq, sup)
+    print(f"shape {shape.name}: {seq} tokens/sample ({image_tokens} image, {sup} supervised), batch {args.batch_size}, "
+          f"forward {per_sample.forward / 1e9:.3f} GFLOP/sample (vision {per_sample.vision / 1e9:.3f}, LM {per_sample.lm / 1e9:.3f}, head {per_sample.head / 1e9:.3f}); "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    sft_time = None
+    print("step s: " + ("wall seconds (CUDA-synchronised)" if device == "cuda" else "CPU seconds of this process (wall time on a shared CPU includes other jobs; wall s shown for reference)"))
+    header = f"{'config':34} {'wall s':>8} {'step s':>9} {'x SFT':>6} {'samples/s':>10} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU x3':>7} {'MFU x2':>7} {'peak GB':>8} {'+GB':>6}"
+    print(header)
+    print("-" * len(header))
+    report = []
+    for res in results:
+        method = "sft" if res["label"] == "sft" else "seed"
+        times, walls = res["times"], res["wall"]
+        rows = []
+        if res["label"] == "seed cache=both":
+            # Epoch e holds steps [e * steps_total, (e + 1) * steps_total); epoch 1 drops the warm-up.
+            spans = [(e * steps_total + (args.warmup if e == 0 else 0), (e + 1) * steps_total) for e in range(args.cache_epochs)]
+            for e, (lo, hi) in enumerate(spans, start=1):
+                rows.append((f"seed cache=both epoch {e}", statistics.median(times[lo:hi]), statistics.median(walls[lo:hi])))
+            rows.append(("seed cache=both mean of epochs", statistics.mean(r[1] for r in rows), statistics.mean(r[2] for r in rows)))
+        else:
+            rows.append((res["label"], statistics.median(times[args.warmup :]), statistics.median(walls[args.warmup :])))
+        for label, step_s, wall in rows:
+            if label == "sft":
+                sft_time = step_s
+            # Cached epochs run no teacher: their model FLOPs are the SFT step's.
+            teacher_free = label.startswith("seed cache=both epoch") and not label.endswith("epoch 1")
+            f3 = per_sample.step("sft" if teacher_free else method, 3.0) * args.batch_size
+            f2 = per_sample.step("sft" if teacher_free else method, 2.0) * args.batch_size
+            achieved = f3 / step_s
+            gb = (res["peak"] or 0) / 1e9
+            extra = ((res["peak"] or 0) - (res["before"] or 0)) / 1e9
+            ratio = step_s / sft_time if sft_time else float("nan")
+            print(f"{label:34} {wall:8.3f} {step_s:9.4f} {ratio:6.2f} {args.batch_size / step_s:10.2f} {args.batch_size * seq / step_s:10.0f} {achieved / 1e12:8.4f} {100 * achieved / rate:6.1f}% {100 * f2 / step_s / rate:6.1f}% {gb:8.2f} {extra:6.2f}")
+            report.append({"config": label, "step_s": step_s, "wall_s": wall, "x_sft": ratio, "samples_per_s": args.batch_size / step_s, "tokens_per_s": args.batch_size * seq / step_s, "mfu_x3": achieved / rate, "mfu_x2": f2 / step_s / rate, "peak_bytes": res["peak"], "step_times": times if label == res["label"] else None})
+    print("peak GB: CPU = peak RSS of the whole process (VmHWM); GPU = torch.cuda.max_memory_allocated. +GB = above the level before the configuration started.")
+    if args.json:
+        args.json.write_text(json.dumps({"command": sys.argv, "device": device, "matmul_flops": rate, "sequence": seq, "supervised": sup, "results": report}, indent=1))
+
+
+def count_model(shape: shapes.Shape, image_tokens: int) -> shapes.Counts:
+    """Parameter counts: built shapes from a meta-device build (no memory), tiny models loaded on CPU."""
+    if shape.built:
+        model = shapes.build_model(shape, shapes.build_processor(shape), torch.bfloat16, "meta")
+    else:
+        model = loading.load(shape.name, dtype="fp32", device="cpu").model
+    return shapes.counts(model, image_tokens)
+
+
+if __name__ == "__main__":
+    main()
