@@ -112,7 +112,6 @@ def train_features() -> Any:
 def write_train(root: Path, records: Iterable[Record]) -> int:
     """Write records as DATA/train (a `datasets` dataset); returns the number written."""
     import datasets
-
     import pyarrow as pa
 
     datasets.disable_progress_bars()
