@@ -136,3 +136,19 @@ def test_error_text_with_brackets_is_printed_verbatim(capsys, monkeypatch) -> No
         app_module.main([])
     assert info.value.code == 3
     assert "[/__w/pair.cc:553] reading [bold]x[/bold]" in capsys.readouterr().err
+
+
+def test_docs_cli_reference_matches_the_code() -> None:
+    from pathlib import Path
+
+    from seedcli.cli.reference import render
+
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert committed == render(), "docs/cli.md is stale: run `python -m seedcli.cli.reference > docs/cli.md`"
+
+
+def test_every_command_has_a_generated_config() -> None:
+    from seedcli.cli.options import COMMAND_CONFIGS
+
+    _click_commands()
+    assert set(COMMANDS) <= set(COMMAND_CONFIGS)
