@@ -104,20 +104,11 @@ def _encode_all(loaded: Any, data: Any, rows: list[dict[str, Any]], max_length: 
     return encoded
 
 
-def _schedule(total: int, warmup: int, floor: float) -> Any:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def train(data_dir: Path, out: Path, recipe: WorldRecipe, reporter: Reporter) -> dict[str, Any]:
     """Train tiny-llava on the data directory's training split and save it to `out`; returns stats."""
     import torch
 
+    from seedcli.core.distill import warmup_cosine
     from seedcli.core.losses import cross_entropy_sum
     from seedcli.data.datadir import open_data_dir, validate_record
     from seedcli.models.chat import collate
@@ -137,7 +128,7 @@ def train(data_dir: Path, out: Path, recipe: WorldRecipe, reporter: Reporter) ->
     steps_per_epoch = math.ceil(len(samples) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, int(recipe.warmup_ratio * total), recipe.min_lr_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(recipe.warmup_ratio * total), recipe.min_lr_ratio))
     model.train()
     epoch_losses: list[float] = []
     with reporter.task("training the world model", total=total, unit="step") as task:

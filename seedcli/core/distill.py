@@ -139,12 +139,14 @@ def _records(cfg: DistillConfig) -> tuple[Any, list[dict[str, Any]]]:
     return data, rows
 
 
-def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+def warmup_cosine(total: int, warmup: int, floor: float = 0.0) -> Callable[[int], float]:
+    """LR factor per step: linear warmup over `warmup` steps, then cosine from 1 down to `floor`."""
+
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return schedule
 
@@ -507,7 +509,7 @@ def _train_round(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
     history = purify.ConfidenceHistory(cfg.history_size)
     start_step, counters = 0, {"skipped_steps": 0, "skipped_samples": 0, "bad_in_a_row": 0, "kl_sum": 0.0, "kl_steps": 0}
     if resume_from is not None:

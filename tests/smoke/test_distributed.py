@@ -27,6 +27,7 @@ from seedcli.core import distill as engine
 from seedcli.errors import ConfigError
 from seedcli.reporting import NullReporter
 from tests.smoke.test_distill import _InterruptAt, write_train_data
+from tests.smoke.test_distill import config as distill_config
 
 pytestmark = pytest.mark.smoke
 
@@ -37,24 +38,9 @@ KEYS = ("loss", "kl", "ce", "beta", "confidence", "grad_norm", "tokens")
 
 
 def config(data: Path, out: Path, **overrides) -> DistillConfig:
-    base = dict(
-        model="tiny-llava",
-        data=str(data),
-        out=str(out),
-        device="cpu",
-        max_steps=3,
-        batch_size=4,
-        grad_accum=1,
-        lr=5e-3,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        log_every=1,
-        warmup_ratio=0.0,
-        nccl_timeout_s=COLLECTIVE_TIMEOUT_S,
-    )
-    base.update(overrides)
-    return DistillConfig(**base)
+    """The distill tests' small config, with the whole global batch in one micro-batch."""
+    settings = {"batch_size": 4, "grad_accum": 1, "nccl_timeout_s": COLLECTIVE_TIMEOUT_S, **overrides}
+    return distill_config(data, out, **settings)
 
 
 def cli_args(cfg: DistillConfig) -> list[str]:
