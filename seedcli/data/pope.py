@@ -17,7 +17,6 @@ five cars adds one to "car".
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -187,40 +186,19 @@ def _split_file(directory: Path, split: str) -> Path:
 
 
 def _read_split(path: Path) -> tuple[list[dict[str, Any]], int]:
-    rows: list[dict[str, Any]] = []
-    typos = 0
-    seen: set[int] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"--pope-from {path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON at column {exc.colno}: {exc.msg}.") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object.")
-        for wrong, right in TYPO_KEYS.items():
-            if wrong in row and right not in row:
-                row[right] = row.pop(wrong)
-                typos += 1
-        missing = [key for key in FIELDS if key not in row]
-        if missing:
-            raise DataError(f"{where}: missing {', '.join(missing)}.")
-        label = str(row["label"]).strip().lower()
-        if label not in LABELS:
-            raise DataError(f"{where}: label {row['label']!r} is not yes/no.")
+    """One official split through the scorer's reader, normalised for a data directory."""
+    from seedcli.evals.pope_scoring import read_questions
+
+    questions, typos = read_questions(path)
+    rows = []
+    for number, row in enumerate(questions, start=1):
+        where = f"--pope-from {path} question {number}"
         try:
             question_id = int(row["question_id"])
         except (TypeError, ValueError):
             raise DataError(f"{where}: question_id {row['question_id']!r} is not an integer.") from None
-        if question_id in seen:
-            raise DataError(f"{where}: duplicate question_id {question_id}; answers could not be matched to labels.")
-        seen.add(question_id)
         image = check_image_path(str(row["image"]), where=where)
-        rows.append({"question_id": question_id, "image": image, "text": str(row["text"]), "label": label})
-    if not rows:
-        raise DataError(f"--pope-from {path}: no questions.")
+        rows.append({"question_id": question_id, "image": image, "text": str(row["text"]), "label": row["label"]})
     return rows, typos
 
 

@@ -149,8 +149,15 @@ def load_questions(path: str | Path, *, reporter: Reporter | None = None) -> lis
     missing fields, a question_id that is not an int or string, duplicate question_ids, labels
     other than "yes"/"no" (exact, lowercase), an empty file. Extra keys are kept.
     """
+    questions, typo_lines = read_questions(path)
+    if typo_lines:
+        (reporter or NullReporter()).warn(f"{path}: {typo_lines} line(s) use the misspelt key '{IMAGE_TYPO}'; read as 'image'.")
+    return questions
+
+
+def read_questions(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """`load_questions` without reporting: the validated rows and how many lines used "imange"."""
     path = Path(path)
-    reporter = reporter or NullReporter()
     questions: list[dict[str, Any]] = []
     first_line: dict[str, int] = {}
     typo_lines = 0
@@ -176,9 +183,7 @@ def load_questions(path: str | Path, *, reporter: Reporter | None = None) -> lis
         questions.append(row)
     if not questions:
         raise DataError(f"{path}: contains no questions.")
-    if typo_lines:
-        reporter.warn(f"{path}: {typo_lines} line(s) use the misspelt key '{IMAGE_TYPO}'; read as 'image'.")
-    return questions
+    return questions, typo_lines
 
 
 def load_answers(path: str | Path) -> list[dict[str, Any]]:

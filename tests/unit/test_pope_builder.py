@@ -195,9 +195,9 @@ def test_pope_from_round_trip_and_checks(built, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda line: line.replace('"label": "no"', '"label": "maybe"'), "not yes/no"),
+        (lambda line: line.replace('"label": "no"', '"label": "maybe"'), "must be 'yes' or 'no'"),
         (lambda line: line.replace('"question_id": 2,', '"question_id": 1,'), "duplicate question_id"),
-        (lambda line: line.replace('"text"', '"question"'), "missing text"),
+        (lambda line: line.replace('"text"', '"question"'), r"missing field\(s\) text"),
     ],
 )
 def test_pope_from_rejects_bad_files(built, tmp_path: Path, edit, message: str) -> None:
