@@ -240,8 +240,7 @@ def _confidence(cfg: DistillConfig, clean: torch.Tensor, micro: _Micro) -> torch
     """Per-sample [B] or per-token [N] confidence; higher = more confident."""
     if cfg.identify == "sample":
         return purify.sample_confidence(clean, micro.sup.sample_index, micro.samples)
-    value = purify.token_confidence(clean, cfg.token_confidence)
-    return -value if cfg.token_confidence == "entropy" else value
+    return purify.token_confidence(clean, cfg.token_confidence)  # "entropy" is already -H
 
 
 def _betas(cfg: DistillConfig, history: purify.ConfidenceHistory, window_conf: torch.Tensor) -> torch.Tensor:
@@ -336,18 +335,24 @@ def _wrap(model: Any, cfg: DistillConfig, family: Any) -> Any:
 
 
 def _prepare_run_dir(cfg: DistillConfig, out: Path, collective: Collective) -> None:
+    """Check --out/--resume/--overwrite before any work; nothing is created here."""
     if cfg.resume:
         if not (out / rundir.CONFIG).is_file():
             raise ConfigError(f"--resume: {out} is not a run directory (no {rundir.CONFIG}); drop --resume to start a new run.")
         if (out / rundir.SUMMARY).is_file():
             raise ConfigError(f"--resume: {out} already finished (summary.json exists); start a new run instead.")
         return
-    if collective.is_main:
-        if out.exists() and any(out.iterdir()):
-            if not cfg.overwrite:
-                raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite to replace it, --resume to continue it, or choose another path.")
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+    if collective.is_main and out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite to replace it, --resume to continue it, or choose another path.")
+
+
+def _create_run_dir(cfg: DistillConfig, out: Path) -> None:
+    """Make the run directory once inputs and model are known good (a failed start leaves nothing)."""
+    if cfg.resume:
+        return
+    if out.exists() and any(out.iterdir()):
+        shutil.rmtree(out)  # --overwrite was checked by _prepare_run_dir
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def distill(cfg: DistillConfig, reporter: Reporter, *, collective: Collective | None = None) -> dict[str, Any]:
@@ -404,6 +409,7 @@ def _distill(cfg: DistillConfig, reporter: Reporter, collective: Any) -> dict[st
         loaded = replace(loaded, model=distributed.shard_frozen_base(loaded.model, collective), device=torch.device(target))
     env = environment()
     if collective.is_main:
+        _create_run_dir(cfg, out)
         chat_template = getattr(loaded.processor, "chat_template", None)
         resolved = {
             "model_source": loaded.ref.source,

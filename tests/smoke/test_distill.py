@@ -294,3 +294,27 @@ def test_bad_flag_combinations_name_the_flag(cli) -> None:
     assert code == 2 and "--noise-alpha" in err
     code, _, err = cli(["distill", "--data", "/nonexistent/seed-data", "--model", "tiny-llava"])
     assert code == 3 and "--data" in err
+
+
+def test_a_failed_start_leaves_no_run_directory(data_dir: Path, tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(["distill", "--model", "tiny-llava", "--data", str(tmp_path / "missing")])
+    assert code == 3 and "--data" in err
+    code, _, err = cli(["distill", "--model", "/no/such/model", "--data", str(data_dir), "--max-steps", "1"])
+    assert code == 4 and "--model" in err
+    assert not (tmp_path / "runs").exists(), "a run that failed before training must not leave a directory"
+
+
+def test_per_token_entropy_identification_ranks_peaked_tokens_as_confident() -> None:
+    from types import SimpleNamespace
+
+    cfg = DistillConfig(identify="token", token_confidence="entropy")
+    peaked = torch.tensor([[10.0, 0.0, 0.0, 0.0]])
+    flat = torch.zeros(1, 4)
+    micro = SimpleNamespace(sup=None, samples=1)
+    conf = engine._confidence(cfg, torch.cat([peaked, flat]), micro)
+    assert conf[0] > conf[1], "lower entropy must mean higher confidence (and so a smaller beta)"
+    history = engine.purify.ConfidenceHistory(10)
+    cfg_q = replace(cfg, beta_quantiles=(0.5,), beta_values=(1.1, 0.4))
+    betas = engine._betas(cfg_q, history, conf)
+    assert betas.tolist() == pytest.approx([0.4, 1.1])
