@@ -111,10 +111,5 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"config has unknown fields {unknown} for {cls.__name__}; was it written by a newer seedcli?")
-    types = field_types(cls)
-    kwargs = {}
-    for key, value in data.items():
-        if isinstance(value, list) and typing.get_origin(types[key]) in (tuple, typing.Union) or isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+    # to_dict writes tuples as JSON lists; every list-valued field is a tuple field.
+    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})

@@ -110,7 +110,7 @@ def _resolve_resume(cfg: DistillConfig, run: Path, world: int, reporter: Reporte
     from seedcli.config.base import from_dict
 
     saved_doc = rundir.open_run(run, flag="--out", require_complete=False).config
-    saved = from_dict(DistillConfig, {k: v for k, v in saved_doc["config"].items()})
+    saved = from_dict(DistillConfig, saved_doc["config"])
     default = DistillConfig()
     asked = {name for name in to_dict(cfg) if getattr(cfg, name) != getattr(default, name)}
     conflicts = [name for name in sorted(asked) if name not in OPERATIONAL + RESHAPE and getattr(cfg, name) != getattr(saved, name)]
