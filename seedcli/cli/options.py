@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import enum
 import functools
@@ -80,6 +81,25 @@ def _convert(field: dataclasses.Field[Any], tp: Any, value: Any) -> Any:
 
 
 COMMAND_CONFIGS: dict[str, type] = {}
+# Config fields the user set explicitly (flag or environment) for the command now running.
+_GIVEN: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("seedcli_given", default=frozenset())
+_CTX = "seedcli_ctx"
+
+
+def _record_given(ctx: typer.Context, names: set[str]) -> None:
+    """Tell explicitly given fields from defaults through the command-line parser, not by comparing values."""
+    defaults = {"DEFAULT", "DEFAULT_MAP"}
+    explicit = set()
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in defaults:
+            explicit.add(name)
+    _GIVEN.set(frozenset(explicit))
+
+
+def given_fields() -> frozenset[str]:
+    """Config fields given explicitly for the running command; empty outside a CLI invocation."""
+    return _GIVEN.get()
 
 
 def config_command(
@@ -103,12 +123,14 @@ def config_command(
     def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(body)
         def command(**kwargs: Any) -> Any:
+            _record_given(kwargs.pop(_CTX), names)
             values = {f.name: _convert(f, hints[f.name], kwargs[f.name]) for f in fields}
             cfg = cfg_cls(**values)
             return body(cfg, **{k: v for k, v in kwargs.items() if k not in names})
 
-        command.__signature__ = inspect.Signature([*params, *extra])  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in (*params, *extra)}
+        ctx = inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        command.__signature__ = inspect.Signature([*params, *extra, ctx])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in (*params, *extra, ctx)}
         app.command(name=name, help=help, epilog=epilog)(command)
         return command
 

@@ -10,6 +10,7 @@ import sys
 import click
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from seedcli import __version__
 from seedcli.config.base import flag_name
@@ -152,3 +153,22 @@ def test_every_command_has_a_generated_config() -> None:
 
     _click_commands()
     assert set(COMMANDS) <= set(COMMAND_CONFIGS)
+
+
+def test_given_fields_come_from_the_parser_not_from_values(monkeypatch):
+    """A flag passed at its default value counts as given; an omitted flag does not."""
+    import seedcli.cli.distill  # noqa: F401  (registers the command)
+    import seedcli.core.distill as core
+    from seedcli.cli import options
+    from seedcli.cli.app import app
+
+    seen: dict[str, frozenset[str]] = {}
+
+    def fake(cfg, reporter):
+        seen["given"] = options.given_fields()
+        return {"run_dir": "x"}
+
+    monkeypatch.setattr(core, "distill", fake)
+    result = CliRunner().invoke(app, ["distill", "--save-every", "500", "--lr", "3e-6", "--no-gradient-checkpointing"])
+    assert result.exit_code == 0, result.output
+    assert seen["given"] == {"save_every", "lr", "gradient_checkpointing"}
