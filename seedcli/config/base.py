@@ -2,12 +2,14 @@
 
 Each command's config is a frozen dataclass whose fields are declared with `option(...)`. The CLI
 generates its flags from these fields (seedcli.cli.options), so a default or help text exists once.
-`__post_init__` calls `check(self)`, which validates choices and bounds and names the bad flag.
+`__post_init__` calls `check(self)`, which validates choices and bounds and names the bad flag. Every
+float must be finite (NaN and infinity are refused for all fields, by one rule here).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -23,6 +25,7 @@ def option(
     min: float | None = None,
     max: float | None = None,
     min_exclusive: bool = False,
+    max_exclusive: bool = False,
     multiple: bool = False,
     argument: bool = False,
     short: str | None = None,
@@ -30,9 +33,9 @@ def option(
 ) -> Any:
     """Declare a config field with its CLI metadata.
 
-    `flag` overrides the generated `--field-name`; `multiple` makes a tuple field a repeatable
-    flag (otherwise tuples are comma-separated); `argument` makes it positional; `panel` groups
-    flags in `--help`.
+    `flag` overrides the generated `--field-name`; `min`/`max` bound numbers (inclusive unless
+    `min_exclusive`/`max_exclusive`); `multiple` makes a tuple field a repeatable flag (otherwise
+    tuples are comma-separated); `argument` makes it positional; `panel` groups flags in `--help`.
     """
     meta = {
         "help": help,
@@ -41,6 +44,7 @@ def option(
         "min": min,
         "max": max,
         "min_exclusive": min_exclusive,
+        "max_exclusive": max_exclusive,
         "multiple": multiple,
         "argument": argument,
         "short": short,
@@ -75,13 +79,17 @@ def check(cfg: Any) -> None:
             choices = meta.get("choices")
             if choices and item not in choices:
                 raise _bad(field, f"must be one of {', '.join(choices)} (got {item!r}).")
+            if isinstance(item, float) and not math.isfinite(item):
+                # NaN passes every comparison and infinity trains to garbage: refuse both for all floats.
+                raise _bad(field, f"must be a finite number (got {item}).")
             low, high = meta.get("min"), meta.get("max")
             if isinstance(item, (int, float)) and not isinstance(item, bool):
                 if low is not None and (item <= low if meta.get("min_exclusive") else item < low):
                     op = ">" if meta.get("min_exclusive") else ">="
                     raise _bad(field, f"must be {op} {low} (got {item}).")
-                if high is not None and item > high:
-                    raise _bad(field, f"must be <= {high} (got {item}).")
+                if high is not None and (item >= high if meta.get("max_exclusive") else item > high):
+                    op = "<" if meta.get("max_exclusive") else "<="
+                    raise _bad(field, f"must be {op} {high} (got {item}).")
 
 
 def require(condition: bool, flag: str, message: str) -> None:

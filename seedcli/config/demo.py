@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seedcli.config.base import check, option, require
+from seedcli.core.choices import DEVICES, DTYPES
 
 MODELS = "Models"
 INPUT = "Images and question"
@@ -34,8 +35,13 @@ class DemoConfig:
     max_new_tokens: int | None = option(None, f"Tokens per answer. Default: {TINY_MAX_NEW_TOKENS} for the tiny offline models, {MAX_NEW_TOKENS} otherwise.", min=1, panel=DECODING)
     seed: int = option(0, "Seed of the VCD column's sampling and noise (base and SEED answer greedily).", panel=DECODING)
     batch_size: int = option(4, "Images answered per forward batch.", min=1, panel=DECODING)
-    dtype: str = option("auto", "Weights and compute dtype; auto = bf16 on GPUs that support it, else fp32.", choices=("auto", "bf16", "fp16", "fp32"), panel=MODELS)
-    device: str = option("auto", "Device; auto = cuda when available.", choices=("auto", "cpu", "cuda"), panel=MODELS)
+    dtype: str = option(
+        "auto",
+        "Weights and compute dtype; auto = bf16 on GPUs that support it, else fp32.",
+        choices=DTYPES,
+        panel=MODELS
+    )
+    device: str = option("auto", "Device; auto = cuda when available.", choices=DEVICES, panel=MODELS)
     trust_remote_code: bool = option(False, "Allow custom model code from the checkpoint (only if you trust it).", panel=MODELS)
     html: Path | None = option(None, "Also write one self-contained HTML page (images embedded) with the answers side by side.", panel=OUTPUT)
 

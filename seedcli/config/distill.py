@@ -8,6 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seedcli.config.base import check, option, require
+from seedcli.core.choices import (
+    ATTN_IMPLEMENTATIONS,
+    CONFIDENCE_KINDS,
+    DEVICES,
+    DIVERGENCE_KINDS,
+    DTYPES,
+    PURIFY_SPACES,
+    QUANTIZATION,
+    TEACHER_CACHE_MODES,
+)
 
 MODEL = "Model"
 DATA = "Data and output"
@@ -22,11 +32,23 @@ class DistillConfig:
     """Everything `seed distill` needs; saved as config.json in the run directory."""
 
     model: str = option("llava-1.5-7b", "Base model: alias (llava-1.5-7b, qwen2-vl-2b, ...), hub id, local directory, or tiny-llava / tiny-qwen2-vl.", panel=MODEL)
-    dtype: str = option("auto", "Weights and compute dtype; auto = bf16 on GPUs that support it, else fp32.", choices=("auto", "bf16", "fp16", "fp32"), panel=MODEL)
-    device: str = option("auto", "Device; auto = cuda when available.", choices=("auto", "cpu", "cuda"), panel=MODEL)
-    quantization: str = option("none", "Load the frozen base in 4/8-bit (bitsandbytes); vision tower and projector stay unquantized.", choices=("none", "4bit", "8bit"), panel=MODEL)
+    dtype: str = option(
+        "auto",
+        "Weights and compute dtype; auto = bf16 on GPUs that support it, else fp32.",
+        choices=DTYPES,
+        panel=MODEL
+    )
+    device: str = option("auto", "Device; auto = cuda when available.", choices=DEVICES, panel=MODEL)
+    quantization: str = option(
+        "none",
+        "Load the frozen base in 4/8-bit (bitsandbytes); vision tower and projector stay unquantized.",
+        choices=QUANTIZATION,
+        panel=MODEL,
+    )
     trust_remote_code: bool = option(False, "Allow custom model code from the checkpoint (only if you trust it).", panel=MODEL)
-    attn_implementation: str = option("sdpa", "Attention kernel passed to transformers.", choices=("sdpa", "eager", "flash_attention_2"), panel=MODEL)
+    attn_implementation: str = option(
+        "sdpa", "Attention kernel passed to transformers.", choices=ATTN_IMPLEMENTATIONS, panel=MODEL
+    )
 
     data: str = option("seed-data", "Data directory written by `seed prepare`.", panel=DATA)
     out: str | None = option(None, "Run directory; default runs/<model>-<method>-<timestamp>.", panel=DATA)
@@ -55,21 +77,58 @@ class DistillConfig:
     noise_alpha: float = option(0.3, "Isolate: v' = sqrt(a) v + sqrt(1-a) eps; 0.3 default (0.1 too destructive, 0.7 too weak).", min=0.0, min_exclusive=True, max=1.0, panel=SEED_PANEL)
     noise_step: int | None = option(None, "Use VCD's noise schedule instead: a = alpha_bar[step] of the 1000-step schedule (VCD: 500). Overrides --noise-alpha.", min=0, max=999, panel=SEED_PANEL)
     identify: str = option("sample", "Identify: per-sample confidence (mean log max-prob) or per-token confidence.", choices=("sample", "token"), panel=SEED_PANEL)
-    token_confidence: str = option("maxprob", "Per-token confidence measure when --identify token (entropy: higher entropy = lower confidence).", choices=("maxprob", "entropy"), panel=SEED_PANEL)
+    token_confidence: str = option(
+        "maxprob",
+        "Per-token confidence measure when --identify token (entropy: higher entropy = lower confidence).",
+        choices=CONFIDENCE_KINDS,
+        panel=SEED_PANEL,
+    )
     beta_mode: str = option("quantile", "Purge strength from confidence: quantile buckets of the history, or a continuous map.", choices=("quantile", "continuous"), panel=SEED_PANEL)
     beta_values: tuple[float, ...] = option((1.1, 0.8, 0.6, 0.4), "Beta per confidence bucket, lowest confidence first.", min=0.0, panel=SEED_PANEL)
     beta_quantiles: tuple[float, ...] = option((0.25, 0.5, 0.75), "History quantiles separating the buckets.", min=0.0, max=1.0, panel=SEED_PANEL)
     history_size: int = option(1000, "Confidences kept in the history.", min=1, panel=SEED_PANEL)
-    purify_space: str = option("logits", "Purge in logit space (1+b) z(v) - b z(v') or in log-prob space.", choices=("logits", "logprobs"), panel=SEED_PANEL)
-    plausibility_gamma: float | None = option(None, "VCD-style plausibility: tokens with p < gamma * max p (clean) are pushed down by --plausibility-penalty.", min=0.0, max=1.0, panel=SEED_PANEL)
+    purify_space: str = option(
+        "logits",
+        "Purge in logit space (1+b) z(v) - b z(v') or in log-prob space.",
+        choices=PURIFY_SPACES,
+        panel=SEED_PANEL,
+    )
+    plausibility_gamma: float | None = option(
+        None,
+        "VCD-style plausibility: tokens with p < gamma * max p (clean) are pushed down by --plausibility-penalty.",
+        min=0.0,
+        min_exclusive=True,
+        max=1.0,
+        panel=SEED_PANEL,
+    )
     plausibility_penalty: float = option(30.0, "Finite logit penalty outside the plausible set: teacher mass there shrinks by exp(-penalty/T); -inf would make reverse KL infinite, huge values swamp the KL term.", min=0.0, min_exclusive=True, panel=SEED_PANEL)
-    divergence: str = option("reverse_kl", "Distillation direction: mode-seeking reverse KL (SEED), forward KL, or generalised JSD.", choices=("reverse_kl", "forward_kl", "jsd"), panel=SEED_PANEL)
-    jsd_beta: float = option(0.5, "Mixture weight of the generalised JSD.", min=0.0, max=1.0, panel=SEED_PANEL)
+    divergence: str = option(
+        "reverse_kl",
+        "Distillation direction: mode-seeking reverse KL (SEED), forward KL, or generalised JSD.",
+        choices=DIVERGENCE_KINDS,
+        panel=SEED_PANEL,
+    )
+    jsd_beta: float = option(
+        0.5,
+        "Mixture weight of the generalised JSD, strictly between 0 and 1 (at 0 or 1 the JSD is identically 0).",
+        min=0.0,
+        min_exclusive=True,
+        max=1.0,
+        max_exclusive=True,
+        panel=SEED_PANEL,
+    )
     temperature: float = option(2.0, "Distillation temperature T (loss scaled by T^2).", min=0.0, min_exclusive=True, panel=SEED_PANEL)
     distill_weight: float = option(0.7, "w in w * T^2 KL + (1 - w) CE (0.85 hurt, 0.5 too weak in the reproduction).", min=0.0, max=1.0, panel=SEED_PANEL)
     teacher_batching: str = option("joint", "Teacher passes: one forward of 2B (clean + noisy) or two forwards of B (less memory).", choices=("joint", "separate"), panel=SEED_PANEL)
     loss_chunk: int | None = option(None, "Compute the loss over chunks of this many tokens (bounds float32 vocab-sized memory).", min=1, panel=SEED_PANEL)
-    teacher_cache: str = option("off", "Reuse teacher logits across epochs (top-k in <out>/teacher-cache): clean = z(v) only (exact at k >= vocab); both = also z(v'), no teacher pass after epoch 1 but each sample keeps its epoch-1 noise (not fresh per step).", choices=("off", "clean", "both"), panel=SEED_PANEL)
+    teacher_cache: str = option(
+        "off",
+        "Reuse teacher logits across epochs (top-k in <out>/teacher-cache): clean = z(v) only (exact at k >= vocab); "
+        "both = also z(v'), no teacher pass after epoch 1 but each sample keeps its epoch-1 noise "
+        "(not fresh per step).",
+        choices=("off", *TEACHER_CACHE_MODES),
+        panel=SEED_PANEL,
+    )
     teacher_cache_k: int = option(64, "Logits kept per supervised token in the teacher cache (k >= vocabulary size: exact; see docs/performance.md).", min=1, panel=SEED_PANEL)
 
     lora_r: int = option(64, "LoRA rank.", min=1, panel=LORA)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seedcli.config.base import check, option, require
+from seedcli.core.choices import DEVICES, DTYPES, QUANTIZATION
 from seedcli.evals.prompts import CHAIR_PROMPT, PROTOCOLS
-from seedcli.models.loading import DEVICES, DTYPES, QUANTIZATION
 from seedcli.rundir import DEFAULT_RUNS_ROOT
 
 MODEL = "Model"

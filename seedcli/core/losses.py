@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-DIVERGENCE_KINDS = ("reverse_kl", "forward_kl", "jsd")
+from seedcli.core.choices import DIVERGENCE_KINDS
 
 
 def supervised_rows(

@@ -15,8 +15,7 @@ import math
 
 import torch
 
-CONFIDENCE_KINDS = ("maxprob", "entropy")
-PURIFY_SPACES = ("logits", "logprobs")
+from seedcli.core.choices import CONFIDENCE_KINDS, PURIFY_SPACES
 
 
 def _check_rows(logits: torch.Tensor, name: str) -> None:

@@ -45,8 +45,8 @@ from pathlib import Path
 import torch
 
 from seedcli import atomic
+from seedcli.core.choices import TEACHER_CACHE_MODES as MODES
 
-MODES = ("clean", "both")
 FORMAT = "seedcli-teacher-topk-v1"
 
 

@@ -6,14 +6,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from seedcli.core.choices import DEVICES, DTYPES, QUANTIZATION
 from seedcli.errors import ConfigError, ModelError
 from seedcli.models.families import Family, ModelRef, family_for, resolve
 
 log = logging.getLogger(__name__)
-
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-QUANTIZATION = ("none", "4bit", "8bit")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
