@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import typer
 
 from seedcli import __version__
-from seedcli.errors import SeedError
+from seedcli.errors import SeedError, storage_error
 
 app = typer.Typer(
     name="seed",
@@ -108,6 +108,15 @@ def main(argv: list[str] | None = None) -> None:
         if _is_click_error(exc):
             exc.show()  # type: ignore[attr-defined]
             sys.exit(2 if _is_usage_error(exc) else exc.exit_code)  # type: ignore[attr-defined]
+        storage = storage_error(exc)
+        if storage is not None:
+            # Disk full, read-only, a path under a file: the file system's answer, not a bug.
+            if STATE.debug:
+                from rich.console import Console
+
+                Console(stderr=True).print_exception(show_locals=False)
+            _print_error(str(storage))
+            sys.exit(storage.exit_code)
         if STATE.debug:
             from rich.console import Console
 

@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 
 from seedcli.config.base import field_types, flag_name
+from seedcli.errors import exit_code_line
 
 
 def _default(field: dataclasses.Field) -> str:  # type: ignore[type-arg]
@@ -37,7 +38,7 @@ def render() -> str:
         "",
         "Generated from the config dataclasses by `python -m seedcli.cli.reference > docs/cli.md`;",
         "a test checks it against the code. Global options: `--version`, `--debug` (tracebacks), `-h/--help`.",
-        "Exit codes: 0 success, 1 other error, 2 usage or config, 3 data, 4 model, 130 interrupted.",
+        f"Exit codes: {exit_code_line()}.",
         "",
     ]
     for name in sorted(group.commands):  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -106,7 +107,7 @@ def test_unknown_flag_is_a_usage_error(cli) -> None:
 
 @pytest.mark.parametrize(
     ("exc", "code"),
-    [("ConfigError", 2), ("DataError", 3), ("ModelError", 4), ("SeedError", 1)],
+    [("ConfigError", 2), ("DataError", 3), ("ModelError", 4), ("StorageError", 5), ("SeedError", 1)],
 )
 def test_error_classes_map_to_documented_exit_codes(exc: str, code: int, capsys, monkeypatch) -> None:
     import seedcli.errors as errors
@@ -172,3 +173,36 @@ def test_given_fields_come_from_the_parser_not_from_values(monkeypatch):
     result = CliRunner().invoke(app, ["distill", "--save-every", "500", "--lr", "3e-6", "--no-gradient-checkpointing"])
     assert result.exit_code == 0, result.output
     assert seen["given"] == {"save_every", "lr", "gradient_checkpointing"}
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(28, "No space left on device", "/data/out/model.safetensors"),
+        OSError(30, "Read-only file system", "/mnt/ro/out"),
+        NotADirectoryError(20, "Not a directory", "/tmp/file/out"),
+        RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })'),
+    ],
+)
+def test_file_system_failures_are_one_line_exit_5(exc: Exception, capsys, monkeypatch) -> None:
+    from seedcli.cli import app as app_module
+
+    def boom(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(app_module, "app", boom)
+    monkeypatch.setattr(app_module, "_register", lambda: None)
+    with pytest.raises(SystemExit) as info:
+        app_module.main([])
+    assert info.value.code == 5
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err
+
+
+def test_exit_codes_are_documented_once() -> None:
+    from seedcli.errors import EXIT_CODES, exit_code_line
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for code in EXIT_CODES:
+        assert f"{code} " in exit_code_line()
+        assert f" {code} " in readme.replace("\n", " ")
