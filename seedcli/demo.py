@@ -32,7 +32,6 @@ from seedcli.reporting import Reporter
 DEFAULT_RUN_ROOTS = (Path("runs"), Path("seed-quickstart/runs"))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 POPE_QUESTION = re.compile(r"^is there an? (.+?) in the image\?", re.IGNORECASE)
-STATUSES = ("present", "hallucinated", "unknown")
 HTML_MAX_SIDE = 512  # larger images are downscaled before embedding, to keep the page small
 
 

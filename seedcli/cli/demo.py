@@ -41,13 +41,13 @@ def _panel(answer: dict[str, Any], truth_known: bool) -> Any:
 
 
 def render(results: list[dict[str, Any]]) -> None:
-    """Print one row of side-by-side panels per image on stdout."""
+    """Print one row of side-by-side panels per image on stderr, where every command's tables go."""
     from rich.console import Console
     from rich.rule import Rule
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False)
+    console = Console(stderr=True, highlight=False)
     legend = Text("legend: ") + Text("in the image", STYLES["present"]) + Text("  ") + Text("hallucinated✗", STYLES["hallucinated"]) + Text("  ") + Text("no ground truth", STYLES["unknown"])
     console.print(legend)
     for result in results:

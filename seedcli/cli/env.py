@@ -1,4 +1,4 @@
-"""`seed env`: versions, devices and hub status, for bug reports."""
+"""`seed env`: versions, devices and hub status, for bug reports (the table on stderr, --json on stdout)."""
 
 from __future__ import annotations
 
@@ -34,4 +34,4 @@ def env(cfg: EnvConfig, as_json: bool) -> None:
         table.add_row(f"gpu {gpu['index']}", f"{gpu['name']}, {gpu['memory_gib']} GiB, sm {gpu['capability']}")
     table.add_row("cpu threads", str(dev["cpu_threads"]))
     table.add_row("hub", report["hub"])
-    Console().print(table)
+    Console(stderr=True).print(table)

@@ -33,8 +33,6 @@ from seedcli.errors import DataError
 QUESTION_TEMPLATE = "Is there {article} {object} in the image?"
 OBJECTS_PER_IMAGE = 3
 LABELS = ("yes", "no")
-TYPO_KEYS = {"imange": "image"}
-"""Misspelled keys found in released POPE files, mapped to the right key."""
 FIELDS = ("question_id", "image", "text", "label")
 
 

@@ -7,8 +7,6 @@ from typing import Any
 
 from seedcli.models.chat import IGNORE
 
-TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
-
 
 def unwrap(model: Any) -> Any:
     """The transformers model under a PEFT wrapper (adapter layers stay injected in it)."""

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from seedcli.core.choices import DEVICES, DTYPES, QUANTIZATION
+from seedcli.core.choices import DEVICES, DTYPES, QUANTIZATION  # noqa: F401  (DEVICES re-exported)
 from seedcli.errors import ConfigError, ModelError
 from seedcli.models.families import Family, ModelRef, family_for, resolve
 
@@ -141,11 +141,3 @@ def load(
     model.eval()
     processor = load_processor(ref.source, family, trust_remote_code=trust_remote_code)
     return Loaded(model=model, processor=processor, family=family, ref=ref, dtype=torch_dtype, device=torch.device(device_name), quantization=quantization)
-
-
-def language_model_modules(model: Any, family: Family) -> list[str]:
-    """Names of the Linear modules that the default adapter targets (LM attention only)."""
-    import re
-
-    pattern = re.compile(family.lora_target_regex())
-    return [name for name, _ in model.named_modules() if pattern.fullmatch(name)]

@@ -34,12 +34,3 @@ class _RegistrationKey(PretrainedConfig):
 
 
 AutoProcessor.register(_RegistrationKey, Qwen2VLImageOnlyProcessor, exist_ok=True)
-
-
-def image_only_from(processor_or_parts: Any) -> Qwen2VLImageOnlyProcessor:
-    """Build the image-only processor from a checkpoint's image processor and tokenizer."""
-    return Qwen2VLImageOnlyProcessor(
-        image_processor=processor_or_parts.image_processor,
-        tokenizer=processor_or_parts.tokenizer,
-        chat_template=getattr(processor_or_parts, "chat_template", None),
-    )

@@ -93,8 +93,9 @@ def test_demo_renders_for_tiny_model(tmp_path: Path, cli) -> None:
 
     code, out, err = cli(["demo", "--adapter", str(run), "--max-new-tokens", "6"])
     assert code == 0, err
-    assert DOG in out and CUP in out and "ground truth (chair): dog" in out
-    assert "base tiny-llava" in out and f"SEED tiny-llava + {run.name}" in out
+    assert out == ""  # the panels are rendering, on stderr like every command's tables
+    assert DOG in err and CUP in err and "ground truth (chair): dog" in err
+    assert "base tiny-llava" in err and f"SEED tiny-llava + {run.name}" in err
     assert "demo: 2/2 img" in err  # the progress task walked the images
 
 
@@ -118,9 +119,9 @@ def test_demo_marks_hallucinated_object(tmp_path: Path, cli, fixed_answers) -> N
     assert all(o["status"] == "unknown" for a in unknown["answers"] for o in a["objects"])
     assert sorted(c["mode"] for c in fixed_answers) == ["greedy", "greedy", "vcd"]
 
-    code, out, _ = cli(["demo", "--adapter", str(run), "--image", str(folder / DOG)])
+    code, _, err = cli(["demo", "--adapter", str(run), "--image", str(folder / DOG)])
     assert code == 0
-    assert "frisbee✗" in out and "dog✗" not in out and "hallucinated: frisbee" in out
+    assert "frisbee✗" in err and "dog✗" not in err and "hallucinated: frisbee" in err
 
 
 def test_pope_truth_is_partial() -> None:

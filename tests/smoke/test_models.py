@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from seedcli.errors import DataError
 from seedcli.models.chat import IGNORE, collate, encode, encode_prompt
 from seedcli.models.forward import model_inputs, supervised, supervised_logits
-from seedcli.models.loading import language_model_modules, load
+from seedcli.models.loading import load
 
 pytestmark = pytest.mark.smoke
 
@@ -59,7 +61,8 @@ def test_adapter_targets_are_language_model_attention_only(fixture: str, request
     from peft import LoraConfig, get_peft_model
 
     loaded = request.getfixturevalue(fixture)
-    names = language_model_modules(loaded.model, loaded.family)
+    pattern = re.compile(loaded.family.lora_target_regex())
+    names = [name for name, _ in loaded.model.named_modules() if pattern.fullmatch(name)]
     layers = loaded.model.config.text_config.num_hidden_layers
     assert len(names) == 4 * layers
     assert all("language_model" in n for n in names)

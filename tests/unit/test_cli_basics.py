@@ -88,8 +88,9 @@ def test_env_json_has_the_bug_report_fields(cli) -> None:
 
 
 def test_env_table(cli) -> None:
-    code, out, _ = cli(["env"])
-    assert code == 0 and "transformers" in out and "hub" in out
+    code, out, err = cli(["env"])
+    assert code == 0 and "transformers" in err and "hub" in err
+    assert out == ""  # tables go to stderr like every command's; --json prints the report on stdout
 
 
 def test_bad_flag_value_is_one_red_line_and_exit_2(cli) -> None:
