@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -116,3 +117,17 @@ def staged_dir(final: Path, *, overwrite: bool, flag: str = "--out") -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_stages(final: Path) -> list[Path]:
+    """Remove what an interrupted `staged_dir(final)` left beside `final` (`.NAME.*.partial`, `.NAME.*.old`).
+
+    Call it at the start of the command that owns `final`, before staging anew; returns what was removed.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    stale = [p for suffix in ("partial", "old") for p in final.parent.glob(f".{glob.escape(final.name)}.*.{suffix}")]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale

@@ -185,7 +185,17 @@ class DataDir:
 
         if not self.has_train():
             raise DataError(f"{self.root} has no training split ({TRAIN_DIR}/); run `seed prepare` with training data.")
-        return datasets.load_from_disk(str(self.root / TRAIN_DIR))
+        import pyarrow as pa
+
+        where = self.root / TRAIN_DIR
+        try:
+            return datasets.load_from_disk(str(where))
+        except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+            # Truncated Arrow files raise OSError without an errno, garbage ones ArrowInvalid.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(
+                f"{where}: corrupt training split ({first}); rebuild it with `seed prepare --overwrite`."
+            ) from None
 
     def pope_path(self, split: str) -> Path:
         """Path of a POPE split file; raises if this data directory has none."""

@@ -221,16 +221,34 @@ def path_problem(image: str) -> str | None:
 
 @dataclass(frozen=True)
 class ImageIndex:
-    """Files under an image root; top-level names are listed once, nested paths are stat-ed."""
+    """Files under an image root; top-level names are listed once, nested paths are stat-ed.
+
+    Symbolic links are resolved before the escape check: a link inside the root that points outside
+    it is not an image of the root (`escapes` says so, and prepare drops the record with a reason).
+    """
 
     root: Path
     top_level: frozenset[str]
+    links: frozenset[str] = frozenset()
 
     @classmethod
     def scan(cls, root: Path) -> ImageIndex:
-        """List the file names directly under `root`."""
+        """List the file names directly under `root` (and which of them are symbolic links)."""
+        files, links = set(), set()
         with os.scandir(root) as entries:
-            return cls(Path(root), frozenset(entry.name for entry in entries if entry.is_file()))
+            for entry in entries:
+                if entry.is_file():
+                    files.add(entry.name)
+                    if entry.is_symlink():  # d_type only: no extra system call for plain files
+                        links.add(entry.name)
+        return cls(Path(root), frozenset(files), frozenset(links))
+
+    def escapes(self, relative: str) -> bool:
+        """Whether `relative`, with every link resolved, lies outside the root."""
+        if "/" not in relative and relative not in self.links:
+            return False  # a plain file listed directly under the root
+        real_root = self.root.resolve()
+        return not (self.root / relative).resolve().is_relative_to(real_root)
 
     def exists(self, relative: str) -> bool:
         """Whether `relative` names a file under the root."""
@@ -333,6 +351,8 @@ def _check_item(
     found = index.find(image)
     if found is None:
         return "image_missing"
+    if index.escapes(found):
+        return "image_path_escapes_root"
     if not allow_eval_overlap and image_id_from_name(found) in eval_ids:
         return "eval_overlap"
     # convert_turns already enforces everything validate_record checks; build the Record directly.

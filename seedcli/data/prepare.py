@@ -110,6 +110,8 @@ def prepare(cfg: PrepareConfig, reporter: Reporter) -> dict[str, Any]:
     roots: dict[str, str] = {}
     extra: dict[str, Any] = {"config": to_dict(cfg), "notes": findings.notes, "warnings": findings.warnings}
 
+    for stale in atomic.remove_stale_stages(out):  # left by a prepare that was killed mid-write
+        reporter.info(f"removed the staging debris {stale} of an interrupted run")
     with atomic.staged_dir(out, overwrite=cfg.overwrite) as stage:
         if cfg.synthetic:
             sources = _build_world(cfg, stage, reporter, source, findings)
