@@ -266,9 +266,21 @@ def _is_tiny(name: str) -> bool:
     return name in TINY_MODELS
 
 
+def check_adapters(run: Any, chain: list[Path], *, trust: bool) -> None:
+    """Before any weights load: the adapters are readable and were trained on the run's base architecture."""
+    from seedcli.models.adapters import check_base, check_readable
+    from seedcli.models.families import resolve
+    from seedcli.models.loading import model_config
+
+    check_readable(chain)
+    config = model_config(resolve(run.base_model).source, trust_remote_code=trust)
+    check_base(chain, model=run.base_model, config=config, run=run)
+
+
 def columns(cfg: DemoConfig, plan_: Plan, reporter: Reporter) -> list[Column]:
     """Load the models: base, SEED (base + adapters, or --model) and, with --vcd, base with VCD."""
     from seedcli.evals.generation import Decoding
+    from seedcli.models.adapters import check_fits
     from seedcli.models.loading import load
     from seedcli.rundir import apply_adapters
 
@@ -288,8 +300,10 @@ def columns(cfg: DemoConfig, plan_: Plan, reporter: Reporter) -> list[Column]:
     else:
         run = plan_.run
         chain = run.adapter_chain()
+        check_adapters(run, chain, trust=cfg.trust_remote_code or bool(run.settings.get("trust_remote_code", False)))
         reporter.info(f"loading {run.base_model} with {len(chain)} adapter(s) from {run.root}")
         loaded = load_model(run.base_model)
+        check_fits(loaded.model, chain, base=run.base_model, run=run.root)
         seed = dataclasses.replace(loaded, model=apply_adapters(loaded.model, chain))
         seed_column = Column("SEED", f"{run.base_model} + {run.root.name}", seed, greedy)
         if plan_.baseline == run.base_model and len(chain) == 1:

@@ -52,6 +52,7 @@ class Source:
     quantization: str  # what the adapter was trained on: none | 4bit | 8bit
     trust_remote_code: bool
     chat_template: str | None
+    run: Any | None = None  # seedcli.rundir.Run when kind == "run"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -105,6 +106,7 @@ def resolve_source(cfg: MergeConfig) -> Source:
             quantization=str(settings.get("quantization", "none")),
             trust_remote_code=cfg.trust_remote_code or bool(settings.get("trust_remote_code", False)),
             chat_template=_chat_template(run.config.get("resolved", {})),
+            run=run,
         )
     adapter_config = root / "adapter_config.json"
     if adapter_config.is_file():
@@ -298,6 +300,7 @@ def _check_no_adapter_keys(out: Path) -> None:
 
 def _merge_and_save(cfg: MergeConfig, source: Source, dtype: str, quant: str, stage: Path, reporter: Reporter) -> tuple[Any, Any, Any, Any]:
     """Load, attach, merge and save into `stage`; returns (probe batch, attached and base logits, processor class)."""
+    from seedcli.models.adapters import check_fits
     from seedcli.models.loading import load
     from seedcli.rundir import apply_adapters
 
@@ -308,6 +311,7 @@ def _merge_and_save(cfg: MergeConfig, source: Source, dtype: str, quant: str, st
         reporter.warn(f"the adapter was trained on a {quant} base; the merged model carries that base's dequantized weights.")
     batch = probe_batch(loaded.processor, loaded.family, loaded.device)
     base = probe_logits(model, batch)
+    check_fits(model, source.chain, base=source.base_model, run=source.root)
     reporter.info(f"applying {len(source.chain)} adapter(s): {', '.join(str(p) for p in source.chain)}")
     attached_model = apply_adapters(model, list(source.chain), merge_last=False)
     attached = probe_logits(attached_model, batch)
@@ -337,6 +341,7 @@ def _free_memory() -> None:
 
 def merge(cfg: MergeConfig, reporter: Reporter) -> dict[str, Any]:
     """Merge RUN_DIR's adapter chain into its base, verify the saved directory, return a summary."""
+    from seedcli.models.adapters import check_base, check_readable
     from seedcli.models.families import resolve
     from seedcli.models.loading import load, model_config
 
@@ -347,9 +352,11 @@ def merge(cfg: MergeConfig, reporter: Reporter) -> dict[str, Any]:
         reporter.info(f"{run_dir} is already a merged model (seedcli merge marker); nothing to do.")
         return {"status": "already-merged", "out": str(run_dir.resolve()), "merged_from": marker.get("source"), "seconds": round(time.monotonic() - started, 3)}
     source = resolve_source(cfg)
+    check_readable(source.chain)
     atomic.prepare_output_dir(out, overwrite=cfg.overwrite)
     ref = resolve(source.base_model)
     base_config = model_config(ref.source, trust_remote_code=source.trust_remote_code)
+    check_base(source.chain, model=source.base_model, config=base_config, run=source.run)
     quant = quantization_to_load(source, base_config, cfg.dequantize)
     if cfg.dequantize and quant == "none":
         reporter.info("--dequantize: the base is not quantized; merging in full precision as usual.")

@@ -120,6 +120,24 @@ def resolve_models(cfg: EvaluateConfig, reporter: Reporter) -> list[ModelSpec]:
     return specs
 
 
+def check_adapters(specs: Sequence[ModelSpec], cfg: EvaluateConfig) -> None:
+    """Before anything loads: adapter files are readable and were trained on the architecture of the base (exit 3/4)."""
+    from seedcli.models.adapters import check_base, check_readable
+    from seedcli.models.families import resolve
+    from seedcli.models.loading import model_config
+    from seedcli.rundir import open_run
+
+    configs: dict[str, Any] = {}
+    for spec in specs:
+        if not spec.adapters:
+            continue
+        check_readable(spec.adapters)
+        if spec.model not in configs:
+            configs[spec.model] = model_config(resolve(spec.model).source, trust_remote_code=cfg.trust_remote_code)
+        run = open_run(spec.run) if spec.run is not None else None
+        check_base(spec.adapters, model=spec.model, config=configs[spec.model], run=run)
+
+
 def _check_images(data: Any, part: str, names: Iterable[str]) -> None:
     missing = [name for name in dict.fromkeys(names) if not data.resolve_image(part, name).is_file()]
     if missing:
@@ -413,8 +431,10 @@ def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, it
                 _release()
                 loaded = _load_base(spec.model, cfg)
             if spec.adapters:
+                from seedcli.models.adapters import check_fits
                 from seedcli.rundir import apply_adapters
 
+                check_fits(loaded.model, spec.adapters, base=spec.model, run=spec.run or spec.adapters[0])
                 loaded = dataclasses.replace(loaded, model=apply_adapters(loaded.model, list(spec.adapters)))
             pristine = not spec.adapters
         except Exception as exc:  # noqa: BLE001 - one model failing must not stop the others
@@ -659,6 +679,7 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     if cfg.score_only:
         return score_only(cfg, out, reporter)
     specs = resolve_models(cfg, reporter)
+    check_adapters(specs, cfg)
     data, items = load_items(cfg, reporter)
     models, prompts = _identities(cfg, specs, items)
     settings = _settings(cfg, specs)
