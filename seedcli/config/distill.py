@@ -1,6 +1,6 @@
 """Config of `seed distill`: every SEED, LoRA and training knob, with the reproduction's defaults.
 
-Defaults and their sources are explained in docs/method.md (PROTOCOLS.md section 1).
+Defaults and their sources are explained in docs/method.md and docs/protocols.md (SEED).
 """
 
 from __future__ import annotations

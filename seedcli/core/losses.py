@@ -1,4 +1,4 @@
-"""Mode-seeking distillation losses (PROTOCOLS.md section 1.4 and 1.5), as pure tensor functions.
+"""Mode-seeking distillation losses (docs/protocols.md, SEED), as pure tensor functions.
 
 Shapes: B = samples, T = sequence positions, N = supervised tokens (rows already selected), V =
 vocabulary. Every divergence and cross-entropy returns a SUM over its N rows as a float32 scalar;

@@ -1,4 +1,4 @@
-"""Isolate: diffusion-style noise on normalised pixel tensors (PROTOCOLS.md section 1.2).
+"""Isolate: diffusion-style noise on normalised pixel tensors (docs/protocols.md, SEED: isolate).
 
 The noised image v' = sqrt(a) * v + sqrt(1 - a) * eps destroys visual evidence while keeping the
 tensor's statistics, so the model's prediction on v' exposes its language prior.

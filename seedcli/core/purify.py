@@ -1,4 +1,4 @@
-"""Identify and purge (PROTOCOLS.md section 1.1 and 1.3): confidence, beta selection, purified logits.
+"""Identify and purge (docs/protocols.md, SEED): confidence, beta selection, purified logits.
 
 Shapes: N = supervised tokens (rows already selected), V = vocabulary, B = samples, K = thresholds.
 All softmax / log-softmax work is done in float32 whatever the input dtype.

@@ -3,7 +3,7 @@
 Why: the frozen teacher's clean logits z(v) are the same every epoch, so from epoch 2 on the clean
 teacher pass can be skipped (mode "clean": exact, nothing about the method changes). Mode "both"
 also stores the noisy logits z(v'); then epochs >= 2 run no teacher pass at all, but each sample
-keeps the noise it drew in epoch 1. PROTOCOLS.md asks for noise "fresh per step", so "both" is a
+keeps the noise it drew in epoch 1. SEED draws noise "anew at every step" (docs/protocols.md), so "both" is a
 documented, opt-in deviation (frozen noise per sample across epochs, like a fixed augmentation).
 
 What is stored, per sample and supervised row (n rows, vocabulary V):

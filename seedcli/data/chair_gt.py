@@ -1,4 +1,4 @@
-"""CHAIR evaluation images and their ground-truth objects (PROTOCOLS.md section 4).
+"""CHAIR evaluation images and their ground-truth objects (docs/protocols.md, CHAIR).
 
 The images are a seeded sample of COCO image ids (never file-system order). An image's ground
 truth is the set of categories of its instance annotations plus the COCO categories mentioned in

@@ -1,6 +1,6 @@
 """POPE (arXiv 2305.10355): build the random/popular/adversarial splits, write and import them.
 
-Builder, per PROTOCOLS.md section 3: keep images with at least `objects_per_image` annotated
+Builder, per docs/protocols.md (POPE): keep images with at least `objects_per_image` annotated
 categories; sample `n_images` of them with the seed; for each of an image's first
 `objects_per_image` objects (order: see seedcli.data.coco) ask the positive question, then one
 negative. A negative is never an object of the image nor one already asked about for it.

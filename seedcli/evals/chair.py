@@ -1,6 +1,6 @@
 """CHAIR (Rohrbach et al. 2018): COCO object mentions in captions and the hallucination metrics.
 
-Protocol: PROTOCOLS.md section 4. Offline by construction: an own regex tokenizer and own
+Protocol: docs/protocols.md, CHAIR. Offline by construction: an own regex tokenizer and own
 singularisation rules, no nltk or lemmatiser data. The synonym table ships as package data
 (seedcli/data/coco_synonyms.txt): one line per COCO category, comma-separated, the first entry is
 the category and every entry (the category included) maps to it.
@@ -11,7 +11,7 @@ Extraction pipeline of `caption_objects`:
    "dog", "s"; digits and punctuation are separators);
 2. singularise every token (`singularize`);
 3. merge multi-word terms, longest first (three words, then two), left to right: the terms of
-   PROTOCOLS.md (MERGE_TERMS), every multi-word entry of the synonym table, and the rewrites
+   the protocol (MERGE_TERMS), every multi-word entry of the synonym table, and the rewrites
    "toilet seat" -> toilet, "bow tie" -> tie, "passenger jet/train" -> jet/train, "baby X" /
    "adult X" -> X for X in ANIMALS. Term words are singularised too, so "sports balls" matches
    "sports ball". A merged term that is not in the table ("train track", "home plate",
@@ -35,7 +35,7 @@ from seedcli.evals.stats import DEFAULT_CONFIDENCE, bootstrap_ci
 SYNONYMS_PACKAGE = "seedcli.data"
 SYNONYMS_FILE = "coco_synonyms.txt"
 
-# Two-word terms merged before lookup (PROTOCOLS.md section 4; "stove top oven" has three words).
+# Two-word terms merged before lookup (docs/protocols.md, CHAIR; "stove top oven" has three words).
 MERGE_TERMS = (
     "motor bike", "motor cycle", "air plane", "traffic light", "street light", "traffic signal",
     "stop light", "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball",

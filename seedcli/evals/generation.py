@@ -1,4 +1,4 @@
-"""Batched generation with left padding and a KV cache: greedy, sampling and VCD (PROTOCOLS.md section 2).
+"""Batched generation with left padding and a KV cache: greedy, sampling and VCD (docs/protocols.md, VCD).
 
 One small decoding loop serves every mode, through public model APIs only (a forward with
 `past_key_values`, `position_ids` and `logits_to_keep`):

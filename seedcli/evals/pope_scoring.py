@@ -1,6 +1,6 @@
 """POPE scoring: question/answer files, the official and a robust answer parser, and metrics.
 
-Protocol: PROTOCOLS.md section 3. Answers are paired with questions by `question_id` only, never by
+Protocol: docs/protocols.md, POPE. Answers are paired with questions by `question_id` only, never by
 file order. Labels and predictions are the strings "yes" / "no"; "yes" is the positive class.
 
 Two parsers are reported side by side:

@@ -1,4 +1,4 @@
-"""The exact prompts each benchmark sends (PROTOCOLS.md sections 3 and 4), snapshotted by tests.
+"""The exact prompts each benchmark sends (docs/protocols.md, POPE and CHAIR), snapshotted by tests.
 
 A protocol is a recorded setting, not an implementation detail: the POPE prompt suffix and the
 decoding (greedy or sampling at temperature 1) together move F1 by several points, so results

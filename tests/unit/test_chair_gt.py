@@ -1,4 +1,4 @@
-"""CHAIR evaluation images and ground truth (PROTOCOLS.md section 4)."""
+"""CHAIR evaluation images and ground truth (docs/protocols.md, CHAIR)."""
 
 from __future__ import annotations
 

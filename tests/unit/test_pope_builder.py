@@ -1,4 +1,4 @@
-"""POPE builder against PROTOCOLS.md section 3, checked with counts computed independently here."""
+"""POPE builder against docs/protocols.md (POPE), checked with counts computed independently here."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Snapshots of the exact prompts each benchmark sends, and how protocols map to decoding settings.
 
-These strings move POPE/CHAIR numbers by points; a change here must be deliberate (PROTOCOLS.md 3-4).
+These strings move POPE/CHAIR numbers by points; a change here must be deliberate (docs/protocols.md, POPE and CHAIR).
 """
 
 from __future__ import annotations
