@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import html
 import io
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 
 from seedcli import atomic
 from seedcli.config.demo import MAX_NEW_TOKENS, TINY_MAX_NEW_TOKENS, DemoConfig
-from seedcli.errors import ConfigError, DataError
+from seedcli.errors import ConfigError, DataError, StorageError
 from seedcli.reporting import Reporter
 
 DEFAULT_RUN_ROOTS = (Path("runs"), Path("seed-quickstart/runs"))
@@ -335,10 +336,26 @@ def answer(column: Column, question: str, images: list[Any], batch_size: int) ->
         return generation.generate(loaded.model, loaded.processor, loaded.family, [question] * len(images), images, column.decoding, batch_size=batch_size)
 
 
+def check_html_target(path: Path) -> None:
+    """Fail before any model loads when --html cannot be written: a directory, under a file, read-only."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--html {path} is a directory; give a file name ending in .html.")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StorageError(f"--html {path}: {ancestor} is a file, not a directory; choose another path.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StorageError(f"--html {path}: {ancestor} is not writable (read-only?); choose another path.")
+
+
 def demo(cfg: DemoConfig, reporter: Reporter) -> list[dict[str, Any]]:
     """Answer the question on every image with each column; mark objects; write --html if asked."""
     from seedcli.evals.generation import as_image
 
+    if cfg.html is not None:
+        check_html_target(cfg.html)
     plan_ = plan(cfg)
     given = list_images(cfg.image) if cfg.image is not None else None
     data = _open_data(plan_, cfg, reporter)
