@@ -161,7 +161,7 @@ CASES = [
     Case("merge-read-only", MERGE, 5, "read-only", patch=_read_only),
     Case("prepare-disk-full", "prepare --synthetic --out out", 5, "disk full", patch=_disk_full_arrow),
     Case("merge-disk-full", MERGE, 5, "disk full", patch=_disk_full_safetensors),
-    Case("evaluate-disk-full", f"{EVALUATE} --model tiny-llava --pope random", 5, "disk full", patch=_disk_full_samples),
+    Case("evaluate-disk-full", f"{EVALUATE} --model tiny-llava --pope random", 5, "disk full", _disk_full_samples),
     # Corrupt files name the file and say so.
     Case("merge-truncated-adapter", "merge {truncated_run} --out out", 3, "corrupt"),
     Case("merge-empty-adapter", "merge {empty_run} --out out", 3, "corrupt"),
