@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import typer
 
 from seedcli import __version__
-from seedcli.errors import SeedError, storage_error
+from seedcli.errors import SeedError, exit_code_line, storage_error
 
 app = typer.Typer(
     name="seed",
@@ -23,6 +23,7 @@ app = typer.Typer(
         "Typical pipeline: seed prepare -> seed distill -> seed evaluate -> seed merge. "
         "Start with `seed quickstart` (offline, CPU, a few minutes)."
     ),
+    epilog=f"Exit codes: {exit_code_line()}.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

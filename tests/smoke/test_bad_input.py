@@ -157,6 +157,8 @@ CASES = [
     Case("demo-html-under-a-file", f"{DEMO} --adapter {{run}} --html {{a_file}}/page.html", 5, "a-file"),
     Case("quickstart-out-under-a-file", "quickstart --fast --out {a_file}/qs", 5, "a-file"),
     Case("distill-out-under-a-file", f"{DISTILL} --out {{a_file}}/run", 5, "a-file"),
+    Case("prepare-impossible-path", "prepare --synthetic --out /proc/seedcli/data", 5, "no such file"),
+    Case("merge-impossible-path", "merge {run} --out /proc/seedcli/merged --device cpu", 5, "no such file"),
     Case("prepare-read-only", "prepare --synthetic --out out", 5, "read-only", patch=_read_only),
     Case("merge-read-only", MERGE, 5, "read-only", patch=_read_only),
     Case("prepare-disk-full", "prepare --synthetic --out out", 5, "disk full", patch=_disk_full_arrow),
