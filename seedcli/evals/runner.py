@@ -28,7 +28,7 @@ from typing import Any
 from seedcli import __version__, atomic
 from seedcli.config.base import to_dict
 from seedcli.config.evaluate import EvaluateConfig
-from seedcli.errors import ConfigError, DataError
+from seedcli.errors import ConfigError, DataError, storage_error
 from seedcli.evals.prompts import PROTOCOLS, chat_template, pope_prompt, render_prompt
 from seedcli.reporting import Reporter
 
@@ -447,6 +447,8 @@ def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, it
             try:
                 _run_part(loaded, spec, part, pending, cfg, data, samples, reporter)
             except Exception as exc:  # noqa: BLE001 - record, go on, exit non-zero at the end
+                if storage_error(exc) is not None:
+                    raise  # disk full or read-only: every later part would fail the same way (exit 5)
                 errors.append({"model": spec.label, "part": part.name, "seed": str(part.decoding.seed), "error": f"{type(exc).__name__}: {exc}"})
                 reporter.warn(f"{spec.label} {part.name}: failed ({type(exc).__name__}: {exc}).")
     return errors

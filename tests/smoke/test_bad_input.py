@@ -208,3 +208,28 @@ def test_bad_input(case: Case, shared: Path, tmp_path: Path, monkeypatch: pytest
         assert err.strip().splitlines()[-1].startswith("error:"), err
     assert _tree(tmp_path) == before_here, "the failed command left files in its working directory"
     assert _tree(shared) == before_shared, "the failed command changed its inputs or wrote beside them"
+
+
+def test_evaluate_disk_full_mid_run_stops_with_exit_5_and_stays_resumable(shared: Path, tmp_path: Path, capsys) -> None:
+    """A full disk while answers are appended stops the run (not one failed part after another)."""
+    from seedcli.evals import runner
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", "tiny-llava", "--data", str(shared / "data"), "--device", "cpu"]
+    args += ["--pope", "all", "--limit", "1", "--max-new-tokens", "2", "--out", str(out)]
+    calls = []
+
+    def full(path: Path, rows: object) -> None:
+        calls.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(runner, "_append", full)
+        code, out_text, err = run_cli(args, capsys)
+    assert code == 5, err
+    assert "Traceback" not in out_text + err and "disk full" in err
+    assert len(calls) == 1, "the run went on after the disk was full"
+    assert not (out / runner.RESULTS).exists()  # what is there is the resumable state of an unfinished run
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (out / runner.RESULTS).is_file()
