@@ -59,6 +59,9 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not debug:
+        # bitsandbytes warns on import about optional CPU kernels that seedcli never uses.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _register() -> None:
