@@ -37,7 +37,11 @@ def _panel(answer: dict[str, Any], truth_known: bool) -> Any:
         verdict = f"[bold red]hallucinated: {', '.join(answer['hallucinated'])}[/]"
     else:
         verdict = "[green]no hallucinated object[/]"
-    return Panel(Group(text, Text(), Text.from_markup(verdict)), title=f"[bold]{answer['label']}[/] [dim]{answer['model']}[/]", expand=True)
+    return Panel(
+        Group(text, Text(), Text.from_markup(verdict)),
+        title=f"[bold]{answer['label']}[/] [dim]{answer['model']}[/]",
+        expand=True,
+    )
 
 
 def render(results: list[dict[str, Any]]) -> None:
@@ -48,12 +52,23 @@ def render(results: list[dict[str, Any]]) -> None:
     from rich.text import Text
 
     console = Console(stderr=True, highlight=False)
-    legend = Text("legend: ") + Text("in the image", STYLES["present"]) + Text("  ") + Text("hallucinated✗", STYLES["hallucinated"]) + Text("  ") + Text("no ground truth", STYLES["unknown"])
+    legend = (
+        Text("legend: ")
+        + Text("in the image", STYLES["present"])
+        + Text("  ")
+        + Text("hallucinated✗", STYLES["hallucinated"])
+        + Text("  ")
+        + Text("no ground truth", STYLES["unknown"])
+    )
     console.print(legend)
     for result in results:
         console.print(Rule(result["name"]))
         truth = result["truth"]
-        known = f"ground truth ({truth['source']}): {', '.join(truth['present']) or 'none'}" if truth else "no ground truth for this image"
+        known = (
+            f"ground truth ({truth['source']}): {', '.join(truth['present']) or 'none'}"
+            if truth
+            else "no ground truth for this image"
+        )
         console.print(Text(known, style="dim"))
         grid = Table.grid(expand=True, padding=(0, 1))
         for _ in result["answers"]:

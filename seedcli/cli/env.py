@@ -9,7 +9,13 @@ from seedcli.cli.options import config_command, json_option
 from seedcli.config.env import EnvConfig
 
 
-@config_command(app, EnvConfig, name="env", help="Print versions, CUDA devices and hub status (paste this into bug reports).", extra=(json_option(),))
+@config_command(
+    app,
+    EnvConfig,
+    name="env",
+    help="Print versions, CUDA devices and hub status (paste this into bug reports).",
+    extra=(json_option(),),
+)
 def env(cfg: EnvConfig, as_json: bool) -> None:
     """Print the environment report."""
     from seedcli.environment import environment

@@ -201,7 +201,10 @@ class DataDir:
         """Path of a POPE split file; raises if this data directory has none."""
         path = self.root / pope_file(split)
         if not path.is_file():
-            raise DataError(f"{self.root} has no POPE {split} split ({pope_file(split)}); run `seed prepare` with --coco-annotations.")
+            raise DataError(
+                f"{self.root} has no POPE {split} split ({pope_file(split)}); "
+                "run `seed prepare` with --coco-annotations."
+            )
         return path
 
     def chair_images(self) -> list[dict[str, Any]]:
@@ -222,7 +225,9 @@ def open_data_dir(path: Path, *, flag: str = "--data") -> DataDir:
     path = Path(path)
     manifest_path = path / MANIFEST
     if not path.is_dir():
-        raise DataError(f"{flag} {path}: no such directory; create one with `seed prepare` (or `seed prepare --synthetic`).")
+        raise DataError(
+            f"{flag} {path}: no such directory; create one with `seed prepare` (or `seed prepare --synthetic`)."
+        )
     if not manifest_path.is_file():
         raise DataError(f"{flag} {path}: no {MANIFEST}; it is not a complete data directory (re-run `seed prepare`).")
     try:
@@ -230,5 +235,8 @@ def open_data_dir(path: Path, *, flag: str = "--data") -> DataDir:
     except json.JSONDecodeError as exc:
         raise DataError(f"{manifest_path}: invalid JSON at line {exc.lineno} column {exc.colno}.") from None
     if manifest.get("format") != FORMAT or int(manifest.get("version", -1)) > VERSION:
-        raise DataError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')} is not readable by this seedcli (needs {FORMAT} v<={VERSION}).")
+        raise DataError(
+            f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')} is not readable "
+            f"by this seedcli (needs {FORMAT} v<={VERSION})."
+        )
     return DataDir(root=path, manifest=manifest)
