@@ -124,9 +124,9 @@ def remove_stale_stages(final: Path) -> list[Path]:
 
     Call it at the start of the command that owns `final`, before staging anew; returns what was removed.
     """
-    final = Path(final)
-    if not final.parent.is_dir():
-        return []
+    final = Path(final).resolve()
+    if not final.name or not final.parent.is_dir():
+        return []  # "/" has no name: a pattern without one would match other outputs' stages
     stale = [p for suffix in ("partial", "old") for p in final.parent.glob(f".{glob.escape(final.name)}.*.{suffix}")]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)

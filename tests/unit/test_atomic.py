@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,16 @@ def test_read_jsonl_drops_only_a_torn_last_line(tmp_path) -> None:
     path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
     with pytest.raises(ValueError):
         atomic.read_jsonl(path)
+
+
+def test_remove_stale_stages_removes_only_this_outputs_debris(tmp_path: Path, monkeypatch) -> None:
+    from seedcli.atomic import remove_stale_stages
+
+    for name in (".data.a1.partial", ".data.b2.old", ".data2.c3.partial", ".other.d4.partial", "data"):
+        (tmp_path / name).mkdir()
+    removed = remove_stale_stages(tmp_path / "data")
+    assert sorted(p.name for p in removed) == [".data.a1.partial", ".data.b2.old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data2.c3.partial", ".other.d4.partial", "data"]
+    monkeypatch.chdir(tmp_path)
+    assert remove_stale_stages(Path(".")) == []  # "." is resolved: its own name, looked up in its parent
+    assert (tmp_path / ".other.d4.partial").is_dir()
