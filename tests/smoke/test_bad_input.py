@@ -77,6 +77,17 @@ def _read_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "mkdir", _raise(OSError(errno.EROFS, os.strerror(errno.EROFS), "out")))
 
 
+def _not_writable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """demo's write-access check answers as on a read-only mount (root may write anywhere else)."""
+    import os
+    import types
+
+    from seedcli import demo
+
+    shim = types.SimpleNamespace(access=lambda *args, **kwargs: False, W_OK=os.W_OK, X_OK=os.X_OK)
+    monkeypatch.setattr(demo, "os", shim)
+
+
 def _disk_full_arrow(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
@@ -161,6 +172,8 @@ CASES = [
     Case("merge-impossible-path", "merge {run} --out /proc/seedcli/merged --device cpu", 5, "no such file"),
     Case("prepare-read-only", "prepare --synthetic --out out", 5, "read-only", patch=_read_only),
     Case("merge-read-only", MERGE, 5, "read-only", patch=_read_only),
+    Case("quickstart-read-only", "quickstart --fast --out out", 5, "read-only", patch=_read_only),
+    Case("demo-html-read-only", f"{DEMO} --adapter {{run}} --html page.html", 5, "read-only", _not_writable),
     Case("prepare-disk-full", "prepare --synthetic --out out", 5, "disk full", patch=_disk_full_arrow),
     Case("merge-disk-full", MERGE, 5, "disk full", patch=_disk_full_safetensors),
     Case("evaluate-disk-full", f"{EVALUATE} --model tiny-llava --pope random", 5, "disk full", _disk_full_samples),
