@@ -55,7 +55,12 @@ class Truth:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"present": sorted(self.present), "absent": sorted(self.absent), "complete": self.complete, "source": self.source}
+        return {
+            "present": sorted(self.present),
+            "absent": sorted(self.absent),
+            "complete": self.complete,
+            "source": self.source,
+        }
 
 
 def ground_truth_index(data: Any) -> dict[str, Truth]:
@@ -84,7 +89,12 @@ def ground_truth_index(data: Any) -> dict[str, Truth]:
             (present if row["label"] == "yes" else absent).setdefault(name, set()).add(match.group(1).lower())
             sources.setdefault(name, set()).add("pope")
     return {
-        name: Truth(present=frozenset(present.get(name, ())), absent=frozenset(absent.get(name, ())), complete=name in complete, source="+".join(sorted(kinds)))
+        name: Truth(
+            present=frozenset(present.get(name, ())),
+            absent=frozenset(absent.get(name, ())),
+            complete=name in complete,
+            source="+".join(sorted(kinds)),
+        )
         for name, kinds in sources.items()
     }
 
@@ -99,7 +109,9 @@ def mention_spans(text: str, mentions: Sequence[tuple[str, str]]) -> list[tuple[
     for surface, _ in mentions:
         target = [singularize(w) for w in surface.split()]
         size = len(target)
-        found = next((i for i in range(cursor, len(words) - size + 1) if [w[2] for w in words[i : i + size]] == target), None)
+        found = next(
+            (i for i in range(cursor, len(words) - size + 1) if [w[2] for w in words[i : i + size]] == target), None
+        )
         if found is None:
             spans.append(None)
             continue
@@ -114,7 +126,12 @@ def mark_answer(text: str, truth: Truth | None) -> list[dict[str, Any]]:
 
     mentions = caption_objects(text)
     return [
-        {"surface": surface, "category": category, "status": truth.status(category) if truth else "unknown", "span": list(span) if span else None}
+        {
+            "surface": surface,
+            "category": category,
+            "status": truth.status(category) if truth else "unknown",
+            "span": list(span) if span else None,
+        }
         for (surface, category), span in zip(mentions, mention_spans(text, mentions))
     ]
 
@@ -229,7 +246,9 @@ def plan(cfg: DemoConfig) -> Plan:
         return Plan(run=run, seed_model=cfg.model, baseline=baseline, data_dir=cfg.data, data_flag="--data")
     recorded = run.settings.get("data") if run is not None else None
     where = f"the data directory of run {run.root}" if run is not None else "--data"
-    return Plan(run=run, seed_model=cfg.model, baseline=baseline, data_dir=Path(recorded) if recorded else None, data_flag=where)
+    return Plan(
+        run=run, seed_model=cfg.model, baseline=baseline, data_dir=Path(recorded) if recorded else None, data_flag=where
+    )
 
 
 def _open_data(plan_: Plan, cfg: DemoConfig, reporter: Reporter) -> Any | None:
@@ -238,8 +257,12 @@ def _open_data(plan_: Plan, cfg: DemoConfig, reporter: Reporter) -> Any | None:
 
     if plan_.data_dir is None:
         if cfg.image is None:
-            raise ConfigError("--image is required: the run records no data directory to take held-out images from (or pass --data).")
-        reporter.warn("no data directory known: objects are highlighted but none can be marked as hallucinated (pass --data).")
+            raise ConfigError(
+                "--image is required: the run records no data directory to take held-out images from (or pass --data)."
+            )
+        reporter.warn(
+            "no data directory known: objects are highlighted but none can be marked as hallucinated (pass --data)."
+        )
         return None
     if cfg.data is None and cfg.image is not None and not plan_.data_dir.is_dir():
         reporter.warn(f"{plan_.data_flag}: {plan_.data_dir} not found; no ground truth (pass --data).")
@@ -286,7 +309,9 @@ def columns(cfg: DemoConfig, plan_: Plan, reporter: Reporter) -> list[Column]:
     from seedcli.rundir import apply_adapters
 
     def load_model(name: str) -> Any:
-        trust = cfg.trust_remote_code or bool(plan_.run is not None and plan_.run.settings.get("trust_remote_code", False))
+        trust = cfg.trust_remote_code or bool(
+            plan_.run is not None and plan_.run.settings.get("trust_remote_code", False)
+        )
         return load(name, dtype=cfg.dtype, device=cfg.device, trust_remote_code=trust)
 
     names = [plan_.baseline, plan_.seed_model or plan_.run.base_model]
@@ -333,7 +358,15 @@ def answer(column: Column, question: str, images: list[Any], batch_size: int) ->
 
     loaded = column.loaded
     with _adapter_disabled(column):
-        return generation.generate(loaded.model, loaded.processor, loaded.family, [question] * len(images), images, column.decoding, batch_size=batch_size)
+        return generation.generate(
+            loaded.model,
+            loaded.processor,
+            loaded.family,
+            [question] * len(images),
+            images,
+            column.decoding,
+            batch_size=batch_size,
+        )
 
 
 def check_html_target(path: Path) -> None:
@@ -373,8 +406,24 @@ def demo(cfg: DemoConfig, reporter: Reporter) -> list[dict[str, Any]]:
                 answers = []
                 for col in cols:
                     objects = mark_answer(texts[col.label][i], known)
-                    answers.append({"label": col.label, "model": col.model_name, "decoding": col.decoding.mode, "text": texts[col.label][i], "objects": objects, "hallucinated": hallucinated(objects)})
-                results.append({"image": str(path), "name": path.name, "truth": known.to_dict() if known else None, "answers": answers})
+                    answers.append(
+                        {
+                            "label": col.label,
+                            "model": col.model_name,
+                            "decoding": col.decoding.mode,
+                            "text": texts[col.label][i],
+                            "objects": objects,
+                            "hallucinated": hallucinated(objects),
+                        }
+                    )
+                results.append(
+                    {
+                        "image": str(path),
+                        "name": path.name,
+                        "truth": known.to_dict() if known else None,
+                        "answers": answers,
+                    }
+                )
             task.advance(len(chunk))
     if cfg.html is not None:
         atomic.write_text(cfg.html, render_html(results, question=cfg.question))
@@ -388,7 +437,8 @@ STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d1d1f;background:#fafafa}
 h1{font-size:22px;margin:0 0 4px} .question{color:#444;margin:0 0 12px}
 .legend>span{margin-right:16px}
-section.item{display:grid;grid-template-columns:minmax(180px,260px) repeat(var(--cols),1fr);gap:14px;background:#fff;border:1px solid #ddd;border-radius:8px;padding:14px;margin:14px 0}
+section.item{display:grid;grid-template-columns:minmax(180px,260px) repeat(var(--cols),1fr);gap:14px;
+  background:#fff;border:1px solid #ddd;border-radius:8px;padding:14px;margin:14px 0}
 figure{margin:0} figure img{width:100%;image-rendering:pixelated;border-radius:4px;border:1px solid #ccc}
 figcaption{font-size:12px;color:#555;margin-top:6px;word-break:break-all}
 .answer h2{font-size:15px;margin:0 0 6px} .answer h2 small{font-weight:normal;color:#777}
@@ -421,7 +471,11 @@ def _answer_html(answer_: dict[str, Any], truth_known: bool) -> str:
         if status is None:
             pieces.append(html.escape(piece))
         else:
-            tip = {"present": "in the ground truth", "hallucinated": "hallucinated: not in the image", "unknown": "no ground truth for this object"}[status]
+            tip = {
+                "present": "in the ground truth",
+                "hallucinated": "hallucinated: not in the image",
+                "unknown": "no ground truth for this object",
+            }[status]
             pieces.append(f'<mark class="{status}" title="{tip}">{html.escape(piece)}</mark>')
     text = "".join(pieces) or "<em>(empty answer)</em>"
     if not truth_known:
@@ -430,7 +484,8 @@ def _answer_html(answer_: dict[str, Any], truth_known: bool) -> str:
         verdict = f'<p class="verdict bad">hallucinated: {html.escape(", ".join(answer_["hallucinated"]))}</p>'
     else:
         verdict = '<p class="verdict good">no hallucinated object</p>'
-    title = f'{html.escape(answer_["label"])} <small>{html.escape(answer_["model"])} · {html.escape(answer_["decoding"])}</small>'
+    small = f"{html.escape(answer_['model'])} · {html.escape(answer_['decoding'])}"
+    title = f"{html.escape(answer_['label'])} <small>{small}</small>"
     return f'<div class="answer"><h2>{title}</h2><p class="text">{text}</p>{verdict}</div>'
 
 
@@ -440,19 +495,31 @@ def render_html(results: Sequence[dict[str, Any]], *, question: str, title: str 
     for result in results:
         truth = result["truth"]
         if truth:
-            known = f'ground truth ({html.escape(truth["source"])}): {html.escape(", ".join(truth["present"]) or "none")}'
+            known = (
+                f"ground truth ({html.escape(truth['source'])}): {html.escape(', '.join(truth['present']) or 'none')}"
+            )
             if truth["absent"]:
-                known += f'; absent: {html.escape(", ".join(truth["absent"]))}'
+                known += f"; absent: {html.escape(', '.join(truth['absent']))}"
         else:
             known = "no ground truth"
-        image = f'<figure><img src="{image_data_uri(result["image"])}" alt="{html.escape(result["name"])}"><figcaption>{html.escape(result["name"])}<br>{known}</figcaption></figure>'
+        name = html.escape(result["name"])
+        image = (
+            f'<figure><img src="{image_data_uri(result["image"])}" alt="{name}">'
+            f"<figcaption>{name}<br>{known}</figcaption></figure>"
+        )
         answers = "".join(_answer_html(a, truth is not None) for a in result["answers"])
         cols = len(result["answers"])
         items.append(f'<section class="item" style="--cols:{cols}">{image}{answers}</section>')
-    legend = '<p class="legend"><span><span class="swatch present">object</span> in the image</span><span><span class="swatch hallucinated">object</span> hallucinated</span><span><span class="swatch unknown">object</span> no ground truth</span></p>'
+    legend = (
+        '<p class="legend"><span><span class="swatch present">object</span> in the image</span>'
+        '<span><span class="swatch hallucinated">object</span> hallucinated</span>'
+        '<span><span class="swatch unknown">object</span> no ground truth</span></p>'
+    )
     return (
         "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title><style>{STYLE}</style></head>\n'
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
         f'<body><h1>{html.escape(title)}</h1><p class="question">Question: {html.escape(question)}</p>{legend}\n'
         + "\n".join(items)
         + "\n</body></html>\n"
