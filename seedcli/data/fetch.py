@@ -689,11 +689,7 @@ def _tqdm_for(reporter: Reporter, label: str) -> type:
 
 def fetch_summary(fetched: Fetched, resolved: Any) -> dict[str, Any]:
     """What `--fetch-only` prints: every input path of the run and what was fetched."""
-    inputs = {
-        name: str(Path(value).resolve())
-        for name, value in dataclasses.asdict(resolved).items()
-        if value is not None and name != "captions"
-    }
+    inputs = {name: str(Path(value).resolve()) for name, value in dataclasses.asdict(resolved).items() if value}
     return {"data_root": str(Path(fetched.cfg.data_root).resolve()), "inputs": inputs, "fetched": list(fetched.records)}
 
 

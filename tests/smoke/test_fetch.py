@@ -363,24 +363,61 @@ def test_full_disk_is_reported_and_leaves_nothing_complete(setup: Setup, tmp_pat
     assert not (setup.root / "annotations").exists() and not (setup.root / "downloads" / "val2014.zip").exists()
 
 
+@contextlib.contextmanager
+def _disk_full_writing(marker: str) -> Iterator[None]:
+    """Writes to files whose path contains `marker` fail with ENOSPC after 1 kB in all (fetch's `open` is replaced)."""
+    real_open = open
+    written = [0]
+
+    class _Filling:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def write(self, data: bytes) -> int:
+            if written[0] + len(data) > 1024:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written[0] += len(data)
+            return self.handle.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> _Filling:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+    def full_disk(path, mode="r", *args, **kwargs):  # noqa: ANN001, ANN202
+        handle = real_open(path, mode, *args, **kwargs)
+        return _Filling(handle) if marker in str(path) and ("w" in mode or "a" in mode) else handle
+
+    fetch.open = full_disk  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        del fetch.open  # type: ignore[attr-defined]
+
+
+def test_disk_full_while_downloading_keeps_a_resumable_partial(setup: Setup, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fetch, "CHUNK", 512)
+    cfg = PrepareConfig(data_root=setup.root, out=tmp_path / "out", train=False, pope=False)
+    with _disk_full_writing("/val2014.zip.partial"), pytest.raises(DataError, match="disk full while writing .*val20"):
+        fetch.ensure_inputs(cfg, NullReporter())
+    partial = setup.root / "downloads" / "val2014.zip.partial"
+    assert partial.stat().st_size == 1024 and not (setup.root / "val2014").exists()
+    fetch.ensure_inputs(cfg, NullReporter())  # space freed: it resumes
+    assert setup.served.requests(ZIPS["val2014"]) == [None, "bytes=1024-"]
+    assert len(list((setup.root / "val2014").iterdir())) == len(VAL_IDS)
+
+
 def test_disk_full_while_extracting_keeps_the_archive_and_no_half_directory(setup: Setup, tmp_path: Path) -> None:
     archive = tmp_path / "val2014.zip"
     archive.write_bytes(setup.served.files[ZIPS["val2014"]])
     target = tmp_path / "data" / "val2014"
     target.parent.mkdir()
-    real_open = open
-
-    def full_disk(path, mode="r", *args, **kwargs):  # noqa: ANN001, ANN202
-        if "w" in mode and ".extracting" in str(path):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(path, mode, *args, **kwargs)
-
-    fetch.open = full_disk  # type: ignore[attr-defined]
-    try:
-        with pytest.raises(DataError, match="disk full while writing"):
-            fetch.extract(archive, "val2014", target, NullReporter())
-    finally:
-        del fetch.open  # type: ignore[attr-defined]
+    with _disk_full_writing(".extracting"), pytest.raises(DataError, match="disk full while writing"):
+        fetch.extract(archive, "val2014", target, NullReporter())
     assert not target.exists() and archive.is_file()
     assert not list(target.parent.iterdir())  # the staging directory is gone
     fetch.extract(archive, "val2014", target, NullReporter())
