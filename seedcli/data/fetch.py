@@ -390,7 +390,7 @@ def _get(url: str, handle: BinaryIO, digest: Any, have: int, size: int | None, t
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416:
+        if exc.code == 416 and have:  # our partial is longer than what the server has: start again
             raise _Restart from None
         if exc.code >= 500 or exc.code == 429:
             raise _Transient(f"HTTP {exc.code} {exc.reason}") from None

@@ -2,7 +2,8 @@
 
 It binds 127.0.0.1 only, serves from memory, and shuts itself down after `lifetime_s` even if a test
 forgets to stop it. Knobs (set per test): `cut` sends only the first N bytes of a path once and drops
-the connection; `status` answers a path with an HTTP error; `corrupt` flips one byte of a path's body.
+the connection; `status` answers a path with an HTTP error; `corrupt` flips one byte of a path's body;
+`no_range` ignores Range requests (answers 200 with the whole body).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Served:
     cut: dict[str, int] = field(default_factory=dict)
     status: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
+    no_range: set[str] = field(default_factory=set)
     log: list[tuple[str, str, str | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,7 +60,7 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
             start = 0
             rng = self.headers.get("Range")
-            if rng and rng.startswith("bytes=") and not head:
+            if rng and rng.startswith("bytes=") and not head and path not in served.no_range:
                 start = int(rng[len("bytes="):].split("-")[0])
                 if start >= len(body):
                     self.send_response(416)

@@ -293,6 +293,17 @@ def test_dropped_connection_is_resumed_within_the_run(setup: Setup, tmp_path: Pa
     assert len(body) > 100
 
 
+def test_a_server_ignoring_range_restarts_the_file(setup: Setup, tmp_path: Path) -> None:
+    body = setup.served.files[ZIPS["val2014"]]
+    (setup.root / "downloads").mkdir(parents=True)
+    (setup.root / "downloads" / "val2014.zip.partial").write_bytes(body[:100])
+    setup.served.no_range.add(ZIPS["val2014"])
+    cfg = PrepareConfig(data_root=setup.root, out=tmp_path / "o", train=False, chair=False, pope_from=Path("official"))
+    fetch.ensure_inputs(cfg, NullReporter())
+    assert setup.served.requests(ZIPS["val2014"]) == ["bytes=100-", None]
+    assert len(list((setup.root / "val2014").iterdir())) == len(VAL_IDS)
+
+
 def test_hub_download_resumes_after_a_dropped_connection(setup: Setup, tmp_path: Path, monkeypatch) -> None:
     from huggingface_hub import constants
 
