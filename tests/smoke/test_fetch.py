@@ -319,6 +319,12 @@ def test_hub_download_resumes_after_a_dropped_connection(setup: Setup, tmp_path:
     assert setup.served.requests(HUB_PATH) == [None, "bytes=2048-"]
     assert (setup.root / fetch.INSTRUCT_FILE).read_bytes() == body
 
+    # Offline, a copy in the hub cache is enough: copied into the layout without any request.
+    (setup.root / fetch.INSTRUCT_FILE).unlink()
+    before = len(setup.served.log)
+    fetch.ensure_inputs(dataclasses.replace(cfg, offline=True), NullReporter())
+    assert (setup.root / fetch.INSTRUCT_FILE).read_bytes() == body and len(setup.served.log) == before
+
 
 def test_corrupted_files_are_refused_by_their_checksum(setup: Setup, tmp_path: Path) -> None:
     setup.served.corrupt.update({ZIPS["annotations"], HUB_PATH})

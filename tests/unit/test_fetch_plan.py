@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -102,6 +103,18 @@ def test_an_archive_without_the_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "val2014.zip").write_bytes(buffer.getvalue())
     with pytest.raises(DataError, match="has no val2014/ folder"):
         fetch.extract(tmp_path / "val2014.zip", "val2014", tmp_path / "val2014", NullReporter())
+
+
+def test_hub_files_are_checked_against_their_etag(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"hello\n")
+    sha256 = hashlib.sha256(b"hello\n").hexdigest()
+    git_sha1 = hashlib.sha1(b"blob 6\0hello\n").hexdigest()  # what the hub sends for a small (non-LFS) file
+    assert fetch._verify_hub_file(path, sha256, 6, "URL") == sha256
+    assert fetch._verify_hub_file(path, git_sha1, 6, "URL") == sha256
+    with pytest.raises(DataError, match="checksum mismatch for URL"):
+        fetch._verify_hub_file(path, "0" * 64, 6, "URL")
+    assert not path.exists()  # a corrupt copy is removed
 
 
 def test_human_sizes() -> None:
