@@ -156,7 +156,9 @@ def _size(remote: Remote) -> str:
 
 def is_offline(cfg: PrepareConfig) -> bool:
     """Network is off with --offline or HF_HUB_OFFLINE=1 (read now, not at import)."""
-    return cfg.offline or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    # TRANSFORMERS_OFFLINE counts too: huggingface_hub reads it as HF_HUB_OFFLINE and would refuse the hub file.
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return cfg.offline or flag.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 _LAYOUT_DEFAULTS = {"instruct": INSTRUCT_FILE, "coco_annotations": "annotations", "coco_images": "val2014"}

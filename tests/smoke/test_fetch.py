@@ -155,6 +155,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
         monkeypatch.setenv("HF_ENDPOINT", f"{base}/hub")
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
         monkeypatch.setattr(fetch, "sources", table)
@@ -443,6 +444,7 @@ def test_disk_full_while_extracting_keeps_the_archive_and_no_half_directory(setu
 
 def test_large_downloads_need_yes_or_a_confirmation(tmp_path: Path, monkeypatch, cli) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv(fetch.COCO_URL_ENV, "http://127.0.0.1:9/never-contacted")
     cfg = PrepareConfig(data_root=tmp_path / "data", out=tmp_path / "out", train=False)
     with pytest.raises(ConfigError, match="--yes"):

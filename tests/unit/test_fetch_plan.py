@@ -80,6 +80,7 @@ def test_pinned_checksums_are_sha256() -> None:
 
 def test_confirmation_is_needed_above_1_gb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     cfg = PrepareConfig(data_root=tmp_path / "data", train=False, chair=False, pope_from=Path("official"))
     with pytest.raises(ConfigError, match="--yes is needed to download 6.6 GB"):
         fetch.ensure_inputs(cfg, NullReporter())
