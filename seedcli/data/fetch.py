@@ -512,7 +512,7 @@ def extract(archive: Path, folder: str, target: Path, reporter: Reporter) -> Non
         with zipfile.ZipFile(archive) as zipped:
             members = [info for info in zipped.infolist() if _member_parts(info.filename)[:1] == (folder,)]
             if not members:
-                raise DataError(f"{archive} has no {folder}/ folder; delete it and re-run to fetch it again.")
+                raise DataError(f"{archive} has no {folder}/ folder: not the expected archive; check {COCO_URL_ENV}.")
             total = sum(info.file_size for info in members)
             _check_free(target.parent, total, f"extracting {archive.name}")
             stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
