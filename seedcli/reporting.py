@@ -74,6 +74,12 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f}"
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
 class _PlainTask:
     def __init__(self, stream: TextIO, description: str, total: int | None, unit: str, every_s: float) -> None:
         self.stream, self.description, self.total, self.unit = stream, description, total, unit
@@ -88,7 +94,8 @@ class _PlainTask:
             extra = f" {format_fields(fields)}" if fields else ""
             if self.unit == "B":
                 total = f"/{_megabytes(self.total)}" if self.total is not None else ""
-                progress = f"{_megabytes(self.done)}{total} MB ({rate / 1e6:.1f} MB/s)"
+                eta = f", ETA {_duration((self.total - self.done) / rate)}" if self.total and rate > 0 else ""
+                progress = f"{_megabytes(self.done)}{total} MB ({rate / 1e6:.1f} MB/s{eta})"
             else:
                 total = f"/{self.total}" if self.total is not None else ""
                 progress = f"{self.done}{total} {self.unit} ({rate:.2f} {self.unit}/s)"

@@ -41,6 +41,15 @@ class _CountColumn(ProgressColumn):
         return Text(f"{show(task.completed)}{total}{suffix}", style="progress.download")
 
 
+class _SpeedColumn(ProgressColumn):
+    """Transfer speed, for byte tasks only (downloads, extraction, reading)."""
+
+    def render(self, task: Any) -> Text:
+        if task.fields.get("unit") != "B" or not task.speed:
+            return Text("")
+        return Text(f"{decimal(int(task.speed))}/s", style="progress.data.speed")
+
+
 class _RichTask:
     def __init__(self, progress: Progress, task_id: TaskID) -> None:
         self.progress, self.task_id = progress, task_id
@@ -67,6 +76,7 @@ class RichReporter:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 _CountColumn(),
+                _SpeedColumn(),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[extra]}"),

@@ -14,6 +14,7 @@ INPUTS = "Inputs"
 OUTPUT = "Output"
 EVAL = "Evaluation sets"
 SYNTHETIC = "Synthetic world"
+FETCH = "Fetching"
 
 DEFAULT_TRAIN_IMAGE_DIRS = (Path("data/train2014"), Path("data/train2017"))
 
@@ -43,15 +44,30 @@ class PrepareConfig:
     pope: bool = option(True, "Build (or import, with --pope-from) the POPE sets; --no-pope skips them.", panel=EVAL)
     pope_images: int = option(500, "Images sampled for POPE (2 questions per probed object and split: 3,000 per split at the defaults).", min=1, panel=EVAL)
     pope_objects: int = option(OBJECTS_PER_IMAGE, "Ground-truth objects probed per POPE image (also the minimum number of categories).", min=1, panel=EVAL)
-    pope_from: Path | None = option(None, "Import official POPE files (coco_pope_{random,popular,adversarial}.json) from this directory instead of building them.", panel=EVAL)
+    pope_from: Path | None = option(
+        None,
+        "Import official POPE files (coco_pope_{random,popular,adversarial}.json) from this directory instead of "
+        "building them; 'official' fetches the released files into --data-root/pope.",
+        panel=EVAL,
+    )
     chair: bool = option(True, "Build the CHAIR image list and ground truth; --no-chair skips it.", panel=EVAL)
     chair_images: int = option(CHAIR_IMAGES, "Images sampled for CHAIR.", min=1, panel=EVAL)
     synthetic: bool = option(False, "Build the offline synthetic world instead of reading COCO / LLaVA-Instruct.", panel=SYNTHETIC)
     synthetic_images: int = option(DEFAULT_IMAGES, "Images rendered for the synthetic world.", min=1, panel=SYNTHETIC)
     cooccurrence: float = option(DEFAULT_COOCCURRENCE, "Synthetic world: probability that an object's usual partner appears with it.", min=0.0, max=1.0, panel=SYNTHETIC)
+    data_root: Path = option(
+        Path("data"), "Where missing inputs are fetched to, and where the default input paths point.", panel=FETCH
+    )
+    fetch_only: bool = option(False, "Fetch and verify the missing inputs, then stop (no conversion).", panel=FETCH)
+    offline: bool = option(
+        False, "Never use the network (as with HF_HUB_OFFLINE=1); missing inputs are listed with their URLs.",
+        panel=FETCH,
+    )
+    yes: bool = option(False, "Download more than 1 GB without asking (needed without a terminal).", panel=FETCH)
 
     def __post_init__(self) -> None:
         check(self)
         require(self.train or self.pope or self.chair, "--no-train", "with --no-pope and --no-chair leaves nothing to prepare.")
         require(self.pope_from is None or self.pope, "--pope-from", "cannot be combined with --no-pope.")
         require(self.pope_from is None or not self.synthetic, "--pope-from", "cannot be combined with --synthetic (its POPE sets are built from the world).")
+        require(not (self.fetch_only and self.synthetic), "--fetch-only", "cannot be combined with --synthetic.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from seedcli import atomic
 from seedcli.config.base import to_dict
 from seedcli.config.prepare import DEFAULT_TRAIN_IMAGE_DIRS, PrepareConfig
-from seedcli.data import chair_gt, coco, instruct, pope
+from seedcli.data import chair_gt, coco, fetch, instruct, pope
 from seedcli.data.datadir import POPE_SPLITS, Record, sha256_file, write_manifest, write_train
 from seedcli.errors import DataError
 from seedcli.reporting import Reporter
@@ -98,15 +99,29 @@ def _missing_images(root: Path, names: set[str]) -> int:
     return sum(not (root / name).is_file() for name in names)
 
 
-def prepare(cfg: PrepareConfig, reporter: Reporter) -> dict[str, Any]:
-    """Write the data directory `cfg.out` and return a JSON-ready summary of what was kept and dropped."""
+def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """Write the data directory `cfg.out` and return a JSON-ready summary of what was kept and dropped.
+
+    Missing inputs at their --data-root layout paths are fetched first (seedcli.data.fetch); `confirm` is
+    asked before downloading more than 1 GB without --yes. With --fetch-only, returns after fetching.
+    """
     started = time.monotonic()
+    fetched = None
+    if not cfg.synthetic:
+        if not cfg.fetch_only:
+            atomic.prepare_output_dir(Path(cfg.out), overwrite=cfg.overwrite)  # refuse before any download
+        fetched = fetch.ensure_inputs(cfg, reporter, confirm=confirm)
+        cfg = fetched.cfg
+        if cfg.fetch_only:
+            return fetch.fetch_summary(fetched, resolve_sources(cfg))
     sources = None if cfg.synthetic else resolve_sources(cfg)
     out = Path(cfg.out)
     findings = Findings(reporter)
     counts: dict[str, int] = {}
     dropped: Counter[str] = Counter({reason: 0 for reason in instruct.DROP_REASONS}) if cfg.train else Counter()
     source: dict[str, Any] = {"kind": "synthetic" if cfg.synthetic else "llava-instruct"}
+    if fetched is not None and fetched.records:
+        source["fetched"] = list(fetched.records)
     roots: dict[str, str] = {}
     extra: dict[str, Any] = {"config": to_dict(cfg), "notes": findings.notes, "warnings": findings.warnings}
 
