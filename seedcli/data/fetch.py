@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 
 from seedcli import __version__
 from seedcli.config.prepare import PrepareConfig
-from seedcli.errors import ConfigError, DataError, SeedError
+from seedcli.errors import ConfigError, DataError, SeedError, StorageError
 from seedcli.reporting import Reporter, Task
 
 COCO_URL_ENV = "SEEDCLI_COCO_URL"
@@ -455,17 +455,18 @@ def _hash_prefix(path: Path, n: int) -> Any:
 def _check_free(directory: Path, need: int, what: str) -> None:
     free = shutil.disk_usage(directory).free
     if need > free:
-        raise DataError(
+        raise StorageError(
             f"not enough disk space for {what}: {human(need)} needed, {human(free)} free under {directory}; free "
             "some space (or pass --data-root on a larger disk) and re-run."
         )
 
 
 def _disk_error(exc: OSError, path: Path, size: int | None, have: int) -> SeedError:
+    """File-system failures are StorageErrors (exit 5), like everywhere else in seedcli."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         more = f" ({human(size - have)} still to write)" if size else ""
-        return DataError(f"disk full while writing {path}{more}; free some space and re-run (it resumes).")
-    return DataError(f"cannot write {path}: {exc.strerror or exc}; fix the directory and re-run.")
+        return StorageError(f"disk full while writing {path}{more}; free some space and re-run (it resumes).")
+    return StorageError(f"cannot write {path}: {exc.strerror or exc}; fix the directory and re-run.")
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from PIL import Image
 from seedcli.config.prepare import PrepareConfig
 from seedcli.data import fetch
 from seedcli.data.datadir import CHAIR_FILE, POPE_SPLITS, open_data_dir, pope_file
-from seedcli.errors import ConfigError, DataError, SeedError
+from seedcli.errors import ConfigError, DataError, SeedError, StorageError
 from seedcli.reporting import NullReporter
 from tests.smoke.fetch_server import LoopbackServer, Served
 
@@ -376,7 +376,7 @@ def test_full_disk_is_reported_and_leaves_nothing_complete(setup: Setup, tmp_pat
     cfg = PrepareConfig(data_root=setup.root, out=tmp_path / "out", train=False, pope=False)
     usage = fetch.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(fetch.shutil, "disk_usage", lambda path: usage._replace(free=10))
-    with pytest.raises(DataError, match="not enough disk space for downloading http://127.0.0.1"):
+    with pytest.raises(StorageError, match="not enough disk space for downloading http://127.0.0.1"):
         fetch.ensure_inputs(cfg, NullReporter())
     assert not (setup.root / "annotations").exists() and not (setup.root / "downloads" / "val2014.zip").exists()
 
@@ -420,7 +420,7 @@ def _disk_full_writing(marker: str) -> Iterator[None]:
 def test_disk_full_while_downloading_keeps_a_resumable_partial(setup: Setup, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(fetch, "CHUNK", 512)
     cfg = PrepareConfig(data_root=setup.root, out=tmp_path / "out", train=False, pope=False)
-    with _disk_full_writing("/val2014.zip.partial"), pytest.raises(DataError, match="disk full while writing .*val20"):
+    with _disk_full_writing("/val2014.zip.partial"), pytest.raises(StorageError, match="disk full while writing"):
         fetch.ensure_inputs(cfg, NullReporter())
     partial = setup.root / "downloads" / "val2014.zip.partial"
     assert partial.stat().st_size == 1024 and not (setup.root / "val2014").exists()
@@ -434,7 +434,7 @@ def test_disk_full_while_extracting_keeps_the_archive_and_no_half_directory(setu
     archive.write_bytes(setup.served.files[ZIPS["val2014"]])
     target = tmp_path / "data" / "val2014"
     target.parent.mkdir()
-    with _disk_full_writing(".extracting"), pytest.raises(DataError, match="disk full while writing"):
+    with _disk_full_writing(".extracting"), pytest.raises(StorageError, match="disk full while writing"):
         fetch.extract(archive, "val2014", target, NullReporter())
     assert not target.exists() and archive.is_file()
     assert not list(target.parent.iterdir())  # the staging directory is gone
