@@ -25,6 +25,11 @@ class Family:
     append_eos_to_assistant: bool
     # Processor outputs that are per-token (padded with the batch), besides input_ids/attention_mask.
     token_inputs: tuple[str, ...] = ()
+    # The processor output that carries the image (the tensor VCD and SEED add noise to).
+    vision_key: str = "pixel_values"
+    # Whether the model takes multimodal RoPE positions [3, B, L] from its `get_rope_index` (Qwen2-VL),
+    # rather than one position per token.
+    multimodal_rope: bool = False
 
     def lora_target_regex(self, projections: tuple[str, ...] | None = None) -> str:
         """PEFT `target_modules` regex (full match) for the language model's attention projections."""
@@ -49,6 +54,7 @@ FAMILIES: dict[str, Family] = {
         skip_quantization=("visual", "lm_head"),
         append_eos_to_assistant=False,
         token_inputs=("mm_token_type_ids",),
+        multimodal_rope=True,
     ),
     "internvl": Family(
         name="internvl",
