@@ -1,32 +1,43 @@
-"""Batched generation with left padding and a KV cache: greedy, sampling and VCD (docs/protocols.md, VCD).
+"""Batched generation with a KV cache: greedy, sampling and VCD (docs/protocols.md, VCD); POPE prefix sharing.
 
-One small decoding loop serves every mode, through public model APIs only (a forward with
-`past_key_values`, `position_ids` and `logits_to_keep`):
+One small decoding loop serves every mode, through public model APIs only (a forward with a KV cache,
+`position_ids` and `logits_to_keep`):
 
 - prefill: the left-padded prompt batch; positions count real tokens only (cumsum of the attention
-  mask), or come from the model's own `get_rope_index` for multimodal-RoPE models (Qwen2-VL), so a
-  sample's positions do not depend on how much padding its batch needed;
+  mask), or come from the model's own `get_rope_index` for families with multimodal RoPE
+  (`Family.multimodal_rope`, Qwen2-VL), so a sample's positions do not depend on its batch's padding;
 - each step feeds the chosen token with the grown attention mask and the next position.
+
+Prefix sharing (`share_prefix=True`, what POPE uses): the questions about one image share the start of
+their prompt ("USER: <image>\\n" with all its image tokens) and differ only in the question. Per batch,
+each image's longest common token prefix is prefilled once (one row per image); its KV cache rows are
+repeated to one row per question (`Cache.batch_select_indices`), and each question's own tokens are
+fed from there, left-padded between prefix and question (the gap is masked). Every token keeps the
+position it has in its whole prompt, so this computes what a full prefill computes, up to float
+rounding. Identical (prompt, image) items are computed once. When a prompt has image tokens after its
+image's common prefix, that batch falls back to the full prefill.
 
 VCD runs two such streams, each with its own KV cache: the clean image v and the noised image
 v' = sqrt(a) v + sqrt(1 - a) eps, a = abar_k of VCD's schedule. Per step
     logits_cd = (1 + alpha) z(v) - alpha z(v'),
 and tokens whose CLEAN log-prob is below log(beta) + max clean log-prob are set to -inf (adaptive
 plausibility); then the usual warpers (temperature, top_p) and sampling, or argmax when
-`vcd_sample` is False.
+`vcd_sample` is False. Each question's noise is seeded from its own inputs, so the noised stream has
+no common prefix to share: with prefix sharing only the clean stream is shared.
 
 Randomness is per sample: every sample draws its tokens (and its VCD noise) from its own
 generator, seeded from `Decoding.seed` and a hash of its exact inputs (token ids and pixels). So a
-rerun is identical, and a sample's output does not depend on its batch or on a resumed run
-skipping earlier samples.
+rerun is identical, and a sample's output does not depend on its batch, on prefix sharing, or on a
+resumed run skipping earlier samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +46,6 @@ from seedcli.errors import ConfigError, DataError, ModelError
 from seedcli.reporting import NullReporter, Reporter
 
 MODES = ("greedy", "sample", "vcd")
-PIXEL_KEY = "pixel_values"
 # Bits of the sha256 digest used as a torch seed (torch seeds are unsigned 64-bit).
 SEED_BYTES = 8
 
@@ -74,37 +84,45 @@ class Decoding:
         return self.mode == "sample" or (self.mode == "vcd" and self.vcd_sample)
 
 
+def _hash_vision(digest: Any, vision: dict[str, Any]) -> None:
+    """Feed every vision tensor (sorted by key, float32 or int64 bytes) into a sha256 `digest`."""
+    import torch
+
+    for key in sorted(vision):
+        value = vision[key]
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous()
+            value = value.to(torch.float32) if value.is_floating_point() else value.to(torch.int64)
+            digest.update(key.encode())
+            digest.update(value.numpy().tobytes())
+
+
 def sample_seed(seed: int, encoded: Any, purpose: str = "tokens") -> int:
     """Seed of one sample's generator: sha256 of the base seed, `purpose` and the exact inputs."""
     import torch
 
     digest = hashlib.sha256(f"{seed}:{purpose}:".encode())
     digest.update(torch.tensor(encoded.input_ids, dtype=torch.int64).numpy().tobytes())
-    for key in sorted(encoded.vision):
-        value = encoded.vision[key]
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().contiguous()
-            value = value.to(torch.float32) if value.is_floating_point() else value.to(torch.int64)
-            digest.update(key.encode())
-            digest.update(value.numpy().tobytes())
+    _hash_vision(digest, encoded.vision)
     return int.from_bytes(digest.digest()[:SEED_BYTES], "little")
 
 
-def noised_encoding(encoded: Any, decoding: Decoding) -> Any:
+def noised_encoding(encoded: Any, decoding: Decoding, vision_key: str = "pixel_values") -> Any:
     """The sample with VCD's noised pixels v' (noise step `vcd_noise_step`, per-sample seeded)."""
     import torch
 
     from seedcli.core.noise import add_diffusion_noise, vcd_alpha_bar
 
-    if PIXEL_KEY not in encoded.vision:
-        raise ModelError(f"VCD needs {PIXEL_KEY!r} from the processor; this model's processor gives {sorted(encoded.vision)}.")
+    if vision_key not in encoded.vision:
+        given = sorted(encoded.vision)
+        raise ModelError(f"VCD needs {vision_key!r} from the processor; this model's processor gives {given}.")
     try:
         alpha = vcd_alpha_bar(decoding.vcd_noise_step)
     except ValueError as exc:
         raise ConfigError(f"--vcd-noise-step: {exc}.") from None
     generator = torch.Generator().manual_seed(sample_seed(decoding.seed, encoded, purpose="vcd-noise"))
-    pixels = add_diffusion_noise(encoded.vision[PIXEL_KEY], alpha, generator)
-    return dataclasses.replace(encoded, vision={**encoded.vision, PIXEL_KEY: pixels})
+    pixels = add_diffusion_noise(encoded.vision[vision_key], alpha, generator)
+    return dataclasses.replace(encoded, vision={**encoded.vision, vision_key: pixels})
 
 
 def vcd_logits(clean: Any, noised: Any, alpha: float, beta: float) -> Any:
@@ -140,7 +158,8 @@ def _select(scores: Any, decoding: Decoding, generators: Sequence[Any]) -> Any:
     if not decoding.sampling:
         return scores.argmax(dim=-1).cpu()
     probs = warp(scores, decoding.temperature, decoding.top_p).softmax(dim=-1).cpu()  # [B, V]
-    return torch.stack([torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(probs.shape[0])])
+    draws = [torch.multinomial(probs[i], 1, generator=generators[i])[0] for i in range(probs.shape[0])]
+    return torch.stack(draws)
 
 
 def model_device_dtype(model: Any) -> tuple[Any, Any]:
@@ -211,13 +230,39 @@ def to_batch(encoded: Sequence[Any], *, pad: int, device: Any, dtype: Any) -> di
     return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
 
 
-def prefill_positions(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+def cache_argument(model: Any) -> str:
+    """The forward's keyword for the KV cache: `cache` where the model takes it, else `past_key_values`.
+
+    transformers 5.24 renamed the argument (the old name warns until its removal); a feature check on the
+    model's own signature keeps older 5.x releases working.
+    """
+    from seedcli.models.forward import unwrap
+
+    return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    """The KV cache a forward returned, under its new name (`cache`) or its old one."""
+    cache = out.get("cache")
+    return cache if cache is not None else out.get("past_key_values")
+
+
+def _forward(model: Any, cache: Any, inputs: dict[str, Any], cache_name: str) -> tuple[Any, Any]:
+    """One cached forward: (the grown cache, the last position's logits [B, V] float32)."""
+    given = {} if cache is None else {cache_name: cache}
+    out = model(**inputs, **given, use_cache=True, logits_to_keep=1, return_dict=True)
+    return _returned_cache(out), out.logits[:, -1, :].float()
+
+
+def prefill_positions(model: Any, family: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
     """Positions of the prompt ([B, L], or [3, B, L] for multimodal RoPE) and each row's next position [B]."""
     from seedcli.models.forward import unwrap
 
     mask = inputs["attention_mask"]  # [B, L], 0 on the left padding
-    rope_index = getattr(getattr(unwrap(model), "model", None), "get_rope_index", None)
-    if rope_index is not None and "image_grid_thw" in inputs:
+    if family.multimodal_rope:
+        rope_index = getattr(getattr(unwrap(model), "model", None), "get_rope_index", None)
+        if rope_index is None or "image_grid_thw" not in inputs:
+            raise ModelError(f"{family.name}: multimodal RoPE needs the model's get_rope_index and image_grid_thw.")
         positions, _ = rope_index(
             inputs["input_ids"],
             mm_token_type_ids=inputs.get("mm_token_type_ids"),
@@ -230,16 +275,18 @@ def prefill_positions(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
 
 
 class CachedStream:
-    """One KV-cached decoding stream: prefill once, then one token per `advance`."""
+    """One KV-cached decoding stream: the next-token logits [B, V], and one token per `advance`."""
 
-    def __init__(self, model: Any, inputs: dict[str, Any]) -> None:
+    def __init__(
+        self, model: Any, cache: Any, mask: Any, next_position: Any, logits: Any, multimodal_rope: bool
+    ) -> None:
         self.model = model
-        self.mask = inputs["attention_mask"]
-        positions, self.next_position = prefill_positions(model, inputs)
-        self.multimodal_rope = positions.dim() == 3
-        out = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1, return_dict=True)
-        self.cache = out.past_key_values
-        self.logits = out.logits[:, -1, :].float()  # [B, V]
+        self.cache_name = cache_argument(model)
+        self.cache = cache
+        self.mask = mask  # [B, T]: every column the cache holds, 0 where padded
+        self.next_position = next_position  # [B]
+        self.logits = logits  # [B, V] float32
+        self.multimodal_rope = multimodal_rope
 
     def advance(self, tokens: Any) -> None:
         """Feed one token per row (long [B]) and compute the next logits."""
@@ -251,10 +298,125 @@ class CachedStream:
         positions = self.next_position.view(batch, 1)
         if self.multimodal_rope:
             positions = positions.view(1, batch, 1).expand(3, batch, 1)
-        out = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions, past_key_values=self.cache, use_cache=True, logits_to_keep=1, return_dict=True)
-        self.cache = out.past_key_values
-        self.logits = out.logits[:, -1, :].float()
+        inputs = {"input_ids": tokens, "attention_mask": self.mask, "position_ids": positions}
+        self.cache, self.logits = _forward(self.model, self.cache, inputs, self.cache_name)
         self.next_position = self.next_position + 1
+
+
+def prefill(model: Any, family: Any, inputs: dict[str, Any]) -> CachedStream:
+    """A stream after one forward over whole left-padded prompts (`to_batch` output)."""
+    positions, next_position = prefill_positions(model, family, inputs)
+    inputs = {**inputs, "position_ids": positions}
+    cache, logits = _forward(model, None, inputs, cache_argument(model))
+    return CachedStream(model, cache, inputs["attention_mask"], next_position, logits, family.multimodal_rope)
+
+
+def _image_token_id(model: Any) -> int | None:
+    from seedcli.models.forward import unwrap
+
+    config = unwrap(model).config
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the rows' longest common prefix, leaving every row at least one token of its own."""
+    limit = min(len(row) for row in rows) - 1
+    first = rows[0]
+    for i in range(limit):
+        if any(row[i] != first[i] for row in rows[1:]):
+            return i
+    return limit
+
+
+def _left_pad(rows: Sequence[Any], value: int) -> Any:
+    """Stack tensors of shape [..., S_i] into [..., B, S_max], padded on the left with `value`."""
+    import torch
+
+    width = max(row.shape[-1] for row in rows)
+    padded = [torch.nn.functional.pad(row, (width - row.shape[-1], 0), value=value) for row in rows]
+    return torch.stack(padded, dim=-2)
+
+
+def prefill_shared(
+    model: Any, family: Any, encoded: Sequence[Any], *, pad: int, device: Any, dtype: Any
+) -> CachedStream | None:
+    """A stream whose prompts about one image share one prefilled prefix (see the module docstring).
+
+    Prompts are grouped by their exact vision inputs. None when a prompt has an image token after its
+    group's common prefix (the prefix must hold the whole image), or the image token is unknown.
+    """
+    import torch
+
+    groups: dict[bytes, list[int]] = {}
+    for i, enc in enumerate(encoded):
+        digest = hashlib.sha256()
+        _hash_vision(digest, enc.vision)
+        groups.setdefault(digest.digest(), []).append(i)
+    members = list(groups.values())
+    cut = [_common_prefix([encoded[i].input_ids for i in group]) for group in members]
+    group_of = [0] * len(encoded)
+    for g, group in enumerate(members):
+        for i in group:
+            group_of[i] = g
+    image_token = _image_token_id(model)
+    if image_token is None or any(image_token in enc.input_ids[cut[group_of[i]] :] for i, enc in enumerate(encoded)):
+        return None
+
+    # Each token's position in its whole prompt: one batched call without the pixels (not needed for it).
+    light = [
+        dataclasses.replace(e, vision={k: v for k, v in e.vision.items() if k != family.vision_key}) for e in encoded
+    ]
+    whole = to_batch(light, pad=pad, device=device, dtype=dtype)
+    positions, _ = prefill_positions(model, family, whole)  # [(3,) Q, L]
+    width = whole["input_ids"].shape[1]
+    own = [positions[..., i, width - len(enc.input_ids) :] for i, enc in enumerate(encoded)]  # [(3,) L_i]
+
+    heads = [group[0] for group in members]
+    prefixes = [_truncated(encoded[i], cut[g]) for g, i in enumerate(heads)]
+    prefix = to_batch(prefixes, pad=pad, device=device, dtype=dtype)
+    prefix["position_ids"] = _left_pad([own[i][..., : cut[g]] for g, i in enumerate(heads)], 0)
+    cache_name = cache_argument(model)
+    cache, _ = _forward(model, None, prefix, cache_name)  # one row per image
+
+    index = torch.tensor(group_of, device=prefix["attention_mask"].device)
+    cache.batch_select_indices(index)  # one row per prompt: a copy of its image's prefix
+    tails = [
+        torch.tensor(enc.input_ids[cut[group_of[i]] :], dtype=torch.long, device=device)
+        for i, enc in enumerate(encoded)
+    ]
+    mask = torch.cat([prefix["attention_mask"][index], _left_pad([torch.ones_like(t) for t in tails], 0)], dim=-1)
+    inputs = {
+        "input_ids": _left_pad(tails, pad),
+        "attention_mask": mask,
+        "position_ids": _left_pad([own[i][..., cut[group_of[i]] :] for i in range(len(encoded))], 0),
+    }
+    cache, logits = _forward(model, cache, inputs, cache_name)
+    next_position = torch.stack([row.max() + 1 for row in own])
+    return CachedStream(model, cache, mask, next_position, logits, family.multimodal_rope)
+
+
+def _truncated(encoded: Any, length: int) -> Any:
+    """The sample's first `length` tokens (token inputs cut alike; vision inputs whole)."""
+    return dataclasses.replace(
+        encoded,
+        input_ids=encoded.input_ids[:length],
+        labels=encoded.labels[:length],
+        token_inputs={k: v[:length] for k, v in encoded.token_inputs.items()},
+    )
+
+
+def next_token_stream(
+    model: Any, processor: Any, family: Any, encoded: Sequence[Any], *, share_prefix: bool
+) -> CachedStream:
+    """The clean stream of a batch: prefix-shared when asked and possible, else one full prefill."""
+    device, dtype = model_device_dtype(model)
+    pad = pad_id(processor)
+    shared = prefill_shared(model, family, encoded, pad=pad, device=device, dtype=dtype) if share_prefix else None
+    return shared or prefill(model, family, to_batch(encoded, pad=pad, device=device, dtype=dtype))
 
 
 def _scores(clean: CachedStream, noised: CachedStream | None, decoding: Decoding) -> Any:
@@ -264,31 +426,20 @@ def _scores(clean: CachedStream, noised: CachedStream | None, decoding: Decoding
     return vcd_logits(clean.logits, noised.logits, decoding.vcd_alpha, decoding.vcd_beta)
 
 
-def _streams(model: Any, processor: Any, encoded: Sequence[Any], decoding: Decoding) -> tuple[CachedStream, CachedStream | None]:
-    device, dtype = model_device_dtype(model)
-    pad = pad_id(processor)
-    clean = CachedStream(model, to_batch(encoded, pad=pad, device=device, dtype=dtype))
-    if decoding.mode != "vcd":
-        return clean, None
-    noised = [noised_encoding(enc, decoding) for enc in encoded]
-    return clean, CachedStream(model, to_batch(noised, pad=pad, device=device, dtype=dtype))
-
-
-def first_token_scores(model: Any, processor: Any, family: Any, prompts: Sequence[str], images: Sequence[Any], decoding: Decoding) -> Any:
-    """The scores [B, V] the first new token is chosen from (before temperature/top_p), for checks."""
+def _decode_batch(
+    model: Any, processor: Any, family: Any, encoded: Sequence[Any], decoding: Decoding, share_prefix: bool
+) -> list[str]:
     import torch
 
-    encoded = encode_all(processor, family, prompts, images)
-    with torch.inference_mode():
-        clean, noised = _streams(model, processor, encoded, decoding)
-        return _scores(clean, noised, decoding)
-
-
-def _decode_batch(model: Any, processor: Any, encoded: Sequence[Any], decoding: Decoding) -> list[str]:
-    import torch
-
-    clean, noised = _streams(model, processor, encoded, decoding)
-    generators = [torch.Generator().manual_seed(sample_seed(decoding.seed, enc)) for enc in encoded] if decoding.sampling else []
+    clean = next_token_stream(model, processor, family, encoded, share_prefix=share_prefix)
+    noised = None
+    if decoding.mode == "vcd":
+        device, dtype = model_device_dtype(model)
+        noisy = [noised_encoding(enc, decoding, family.vision_key) for enc in encoded]
+        noised = prefill(model, family, to_batch(noisy, pad=pad_id(processor), device=device, dtype=dtype))
+    generators = (
+        [torch.Generator().manual_seed(sample_seed(decoding.seed, enc)) for enc in encoded] if decoding.sampling else []
+    )
     stop = torch.tensor(sorted(eos_ids(model, processor)), dtype=torch.long)
     pad = pad_id(processor)
     finished = torch.zeros(len(encoded), dtype=torch.bool)
@@ -312,6 +463,36 @@ def _decode_batch(model: Any, processor: Any, encoded: Sequence[Any], decoding: 
     return texts
 
 
+def image_key(image: Any) -> Hashable:
+    """What identifies an image for grouping: its path, or the object itself (PIL images)."""
+    return ("path", str(image)) if isinstance(image, (str, Path)) else ("object", id(image))
+
+
+def plan(
+    prompts: Sequence[str], images: Sequence[Any], batch_size: int, share_prefix: bool
+) -> tuple[list[list[int]], list[int]]:
+    """Batches of item indices to compute, and for every item the index of the item that answers it.
+
+    Without sharing: consecutive items, each answering itself. With sharing: each distinct (image, prompt)
+    once, the items of one image next to each other (in order of first appearance), so that a batch holds
+    few images with many prompts each.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1 (got {batch_size}).")
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+    if not share_prefix:
+        order = list(range(len(prompts)))
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)], order
+    first: dict[tuple[Hashable, str], int] = {}
+    source = [first.setdefault((image_key(image), prompt), i) for i, (prompt, image) in enumerate(zip(prompts, images))]
+    by_image: dict[Hashable, list[int]] = {}
+    for i in first.values():
+        by_image.setdefault(image_key(images[i]), []).append(i)
+    order = [i for group in by_image.values() for i in group]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)], source
+
+
 def generate(
     model: Any,
     processor: Any,
@@ -322,20 +503,18 @@ def generate(
     *,
     batch_size: int = 8,
     reporter: Reporter | None = None,
+    share_prefix: bool = False,
 ) -> list[str]:
-    """Generate one answer per (prompt, image) in batches of `batch_size` (left padding, KV cache)."""
+    """One answer per (prompt, image), in batches of `batch_size` (left padding, KV cache, optional prefix sharing)."""
     import torch
 
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1 (got {batch_size}).")
-    if len(prompts) != len(images):
-        raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+    batches, source = plan(prompts, images, batch_size, share_prefix)
     reporter = reporter or NullReporter()
-    outputs: list[str] = []
-    with reporter.task(f"generating ({decoding.mode})", total=len(prompts), unit="q") as task, torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            chunk = slice(start, start + batch_size)
-            encoded = encode_all(processor, family, prompts[chunk], images[chunk])
-            outputs.extend(_decode_batch(model, processor, encoded, decoding))
-            task.advance(len(encoded))
-    return outputs
+    answers: dict[int, str] = {}
+    total = sum(len(batch) for batch in batches)
+    with reporter.task(f"generating ({decoding.mode})", total=total, unit="q") as task, torch.inference_mode():
+        for batch in batches:
+            encoded = encode_all(processor, family, [prompts[i] for i in batch], [images[i] for i in batch])
+            answers.update(zip(batch, _decode_batch(model, processor, family, encoded, decoding, share_prefix)))
+            task.advance(len(batch))
+    return [answers[source[i]] for i in range(len(prompts))]

@@ -36,7 +36,12 @@ class AnswerTokens:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (for results.json)."""
-        return {"yes_ids": list(self.yes_ids), "no_ids": list(self.no_ids), "yes_tokens": list(self.yes_tokens), "no_tokens": list(self.no_tokens)}
+        return {
+            "yes_ids": list(self.yes_ids),
+            "no_ids": list(self.no_ids),
+            "yes_tokens": list(self.yes_tokens),
+            "no_tokens": list(self.no_tokens),
+        }
 
 
 def _single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
@@ -49,13 +54,22 @@ def _single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return found
 
 
-def answer_tokens(tokenizer: Any, yes_words: Sequence[str] = YES_WORDS, no_words: Sequence[str] = NO_WORDS) -> AnswerTokens:
+def answer_tokens(
+    tokenizer: Any, yes_words: Sequence[str] = YES_WORDS, no_words: Sequence[str] = NO_WORDS
+) -> AnswerTokens:
     """Single-token spellings of the yes and no words (see the module docstring for the rule)."""
     yes, no = _single_token_ids(tokenizer, yes_words), _single_token_ids(tokenizer, no_words)
     if not yes or not no:
-        raise ModelError(f"--pope-scoring logits: the tokenizer has no single-token spelling of {'/'.join(yes_words if not yes else no_words)}; use --pope-scoring generate.")
+        missing = "/".join(yes_words if not yes else no_words)
+        raise ModelError(
+            f"--pope-scoring logits: the tokenizer has no single-token spelling of {missing}; "
+            "use --pope-scoring generate."
+        )
     if set(yes) & set(no):
-        raise ModelError("--pope-scoring logits: the tokenizer maps a yes word and a no word to the same token; use --pope-scoring generate.")
+        raise ModelError(
+            "--pope-scoring logits: the tokenizer maps a yes word and a no word to the same token; "
+            "use --pope-scoring generate."
+        )
     return AnswerTokens(
         yes_ids=tuple(yes),
         no_ids=tuple(no),
@@ -87,20 +101,21 @@ def score_logits(
     *,
     batch_size: int = 8,
     reporter: Reporter | None = None,
+    share_prefix: bool = False,
 ) -> list[dict[str, Any]]:
-    """Yes/no decisions from one left-padded forward per batch of questions."""
+    """Yes/no decisions from one left-padded forward per batch (prefix-shared per image when asked)."""
     import torch
 
-    from seedcli.evals.generation import CachedStream, encode_all, model_device_dtype, pad_id, to_batch
+    from seedcli.evals.generation import encode_all, next_token_stream, plan
 
+    batches, source = plan(prompts, images, batch_size, share_prefix)
     reporter = reporter or NullReporter()
-    device, dtype = model_device_dtype(model)
-    pad = pad_id(processor)
-    results: list[dict[str, Any]] = []
-    with reporter.task("scoring yes/no logits", total=len(prompts), unit="q") as task, torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            encoded = encode_all(processor, family, prompts[start : start + batch_size], images[start : start + batch_size])
-            stream = CachedStream(model, to_batch(encoded, pad=pad, device=device, dtype=dtype))
-            results.extend(yes_no_scores(stream.logits, tokens))
-            task.advance(len(encoded))
-    return results
+    results: dict[int, dict[str, Any]] = {}
+    total = sum(len(batch) for batch in batches)
+    with reporter.task("scoring yes/no logits", total=total, unit="q") as task, torch.inference_mode():
+        for batch in batches:
+            encoded = encode_all(processor, family, [prompts[i] for i in batch], [images[i] for i in batch])
+            stream = next_token_stream(model, processor, family, encoded, share_prefix=share_prefix)
+            results.update(zip(batch, yes_no_scores(stream.logits, tokens)))
+            task.advance(len(batch))
+    return [results[source[i]] for i in range(len(prompts))]

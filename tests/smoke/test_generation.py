@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from seedcli.core.noise import add_diffusion_noise, vcd_alpha_bar
-from seedcli.evals.generation import Decoding, first_token_scores, generate, sample_seed, vcd_logits, warp
+from seedcli.evals.generation import Decoding, generate, noised_encoding, prefill, sample_seed, to_batch, vcd_logits, warp
 from seedcli.evals.pope_logits import answer_tokens, score_logits
 from seedcli.models.chat import collate, encode_prompt
 
@@ -83,7 +83,11 @@ def test_vcd_step_equals_the_formula_from_independent_forwards(fixture: str, req
     expected = torch.where(keep, 2.0 * z_clean - 1.0 * z_noised, torch.tensor(float("-inf")))
     assert 0 < int(keep.sum()) < keep.numel(), "the plausibility cut must remove some tokens and keep some"
 
-    got = first_token_scores(loaded.model, loaded.processor, loaded.family, [prompt], [image], decoding)[0]
+    # What the decoding loop chooses the first token from: the formula on its two prefilled streams.
+    inputs = {"pad": loaded.processor.tokenizer.pad_token_id, "device": "cpu", "dtype": torch.float32}
+    clean = prefill(loaded.model, loaded.family, to_batch([enc], **inputs))
+    noisy = prefill(loaded.model, loaded.family, to_batch([noised_encoding(enc, decoding, loaded.family.vision_key)], **inputs))
+    got = vcd_logits(clean.logits, noisy.logits, decoding.vcd_alpha, decoding.vcd_beta)[0]
     assert torch.equal(torch.isfinite(got), keep)
     assert torch.allclose(got[keep], expected[keep], atol=1e-4)
     # The greedy VCD token is the argmax of the formula, not of the clean logits.
@@ -117,15 +121,14 @@ def test_greedy_answers_do_not_depend_on_batch_size(fixture: str, request) -> No
 @pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_qwen"])
 def test_cached_left_padded_decoding_equals_a_full_forward(fixture: str, request) -> None:
     """Positions and KV cache: step logits of a padded batch equal one unpadded forward per sample."""
-    from seedcli.evals.generation import CachedStream, to_batch
-
     loaded = request.getfixturevalue(fixture)
     images = _images()[:2]
     encoded = [encode_prompt(loaded.processor, loaded.family, p, i) for p, i in zip(PROMPTS[2:4], images)]
     assert len(encoded[0].input_ids) != len(encoded[1].input_ids)
     fed = torch.tensor([[7, 9], [11, 13]])  # two decoding steps, arbitrary tokens
     with torch.no_grad():
-        stream = CachedStream(loaded.model, to_batch(encoded, pad=loaded.processor.tokenizer.pad_token_id, device="cpu", dtype=torch.float32))
+        batch = to_batch(encoded, pad=loaded.processor.tokenizer.pad_token_id, device="cpu", dtype=torch.float32)
+        stream = prefill(loaded.model, loaded.family, batch)
         stream.advance(fed[:, 0])
         stream.advance(fed[:, 1])
         for row, enc in enumerate(encoded):

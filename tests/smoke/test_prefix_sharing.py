@@ -1,0 +1,99 @@
+"""POPE prefix sharing: one prefilled prefix per image, questions continued from copies of its KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from seedcli.evals.generation import Decoding, generate, plan, prefill, prefill_shared, to_batch
+from seedcli.evals.pope_logits import answer_tokens, score_logits
+from seedcli.models.chat import encode_prompt
+
+pytestmark = pytest.mark.smoke
+
+QUESTIONS = [
+    "Is there a dog in the image?\nAnswer the question using a single word or phrase.",
+    "Is there a red car on the left of the image?",
+    "what",
+    "Is there a cat in the image?\nAnswer the question using a single word or phrase.",
+]
+COLORS = [(200, 30, 30), (10, 200, 10), (10, 10, 200)]
+
+
+def _items() -> tuple[list[str], list[Image.Image]]:
+    """Every question about every image, interleaved, with one exact repeat (image 0, question 0) at the end."""
+    images = [Image.new("RGB", (40, 40), color) for color in COLORS]
+    for i, image in enumerate(images):
+        image.paste((255 - COLORS[i][0], 60 * i, 0), (4 * i, 4, 20 + 3 * i, 30))
+    pairs = [(q, image) for q in QUESTIONS for image in images] + [(QUESTIONS[0], images[0])]
+    return [p for p, _ in pairs], [i for _, i in pairs]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_qwen"])
+def test_shared_prefix_logits_and_steps_equal_a_full_prefill(fixture: str, request) -> None:
+    """Same logits after the prompt and after two fed tokens: the cache copies and positions are right."""
+    loaded = request.getfixturevalue(fixture)
+    prompts, images = _items()
+    encoded = [encode_prompt(loaded.processor, loaded.family, p, i) for p, i in zip(prompts, images)]
+    pad = loaded.processor.tokenizer.pad_token_id
+    fed = torch.tensor([[7, 9]] * len(encoded))
+    with torch.no_grad():
+        full = prefill(loaded.model, loaded.family, to_batch(encoded, pad=pad, device="cpu", dtype=torch.float32))
+        shared = prefill_shared(loaded.model, loaded.family, encoded, pad=pad, device="cpu", dtype=torch.float32)
+        assert shared is not None, "these prompts put the whole image in the shared prefix"
+        # Three images: three prefix rows, copied to one row per prompt; the copies hold far fewer columns
+        # than a full prefill would need if the prefix were not shared.
+        assert shared.mask.shape[0] == len(encoded)
+        assert shared.mask.shape[1] < 2 * max(len(e.input_ids) for e in encoded)
+        for step in range(3):
+            # A position off by one moves these logits by ~1e-2 on the tiny models.
+            assert torch.allclose(shared.logits, full.logits, atol=1e-4), step
+            if step < 2:
+                full.advance(fed[:, step])
+                shared.advance(fed[:, step])
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_qwen"])
+@pytest.mark.parametrize(
+    "decoding",
+    [
+        Decoding(mode="greedy", max_new_tokens=5),
+        Decoding(mode="sample", max_new_tokens=4, seed=3),
+        Decoding(mode="vcd", max_new_tokens=4, seed=1),
+    ],
+    ids=["greedy", "sample", "vcd"],
+)
+def test_shared_answers_equal_unshared_answers(fixture: str, decoding: Decoding, request) -> None:
+    loaded = request.getfixturevalue(fixture)
+    prompts, images = _items()
+    args = (loaded.model, loaded.processor, loaded.family, prompts, images, decoding)
+    unshared = generate(*args, batch_size=5)
+    shared = generate(*args, batch_size=5, share_prefix=True)
+    assert shared == unshared
+    assert len(set(unshared)) > 3, "different inputs should give different answers on the tiny model"
+    assert shared[-1] == shared[0]  # the repeat was answered once and handed to both
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_qwen"])
+def test_shared_logit_scoring_equals_unshared(fixture: str, request) -> None:
+    loaded = request.getfixturevalue(fixture)
+    prompts, images = _items()
+    tokens = answer_tokens(loaded.processor.tokenizer)
+    args = (loaded.model, loaded.processor, loaded.family, prompts, images, tokens)
+    unshared = score_logits(*args, batch_size=4)
+    shared = score_logits(*args, batch_size=4, share_prefix=True)
+    assert [s["answer"] for s in shared] == [u["answer"] for u in unshared]
+    for s, u in zip(shared, unshared):
+        assert s["yes_score"] == pytest.approx(u["yes_score"], abs=1e-4)
+        assert s["no_score"] == pytest.approx(u["no_score"], abs=1e-4)
+
+
+def test_plan_answers_each_distinct_item_once_grouped_by_image() -> None:
+    prompts = ["a", "b", "a", "c", "a"]
+    images = ["x.png", "y.png", "x.png", "x.png", "y.png"]
+    batches, source = plan(prompts, images, batch_size=2, share_prefix=True)
+    assert source == [0, 1, 0, 3, 4]
+    assert batches == [[0, 3], [1, 4]]  # image x's prompts, then image y's
+    batches, source = plan(prompts, images, batch_size=2, share_prefix=False)
+    assert batches == [[0, 1], [2, 3], [4]] and source == [0, 1, 2, 3, 4]
