@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,15 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk (used for logs that grow during a run)."""
+    append_jsonl_rows(path, [row])
+
+
+def append_jsonl_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append JSON lines in one write and flush them to disk once (a batch of results)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, default=str) + "\n")
+        handle.write("".join(json.dumps(row, default=str) + "\n" for row in rows))
         handle.flush()
         os.fsync(handle.fileno())
 

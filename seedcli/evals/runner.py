@@ -18,7 +18,6 @@ import dataclasses
 import datetime as _dt
 import gc
 import json
-import os
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -248,14 +247,6 @@ def _read_samples(path: Path, reporter: Reporter) -> list[dict[str, Any]]:
     return rows
 
 
-def _append(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append rows and flush them to disk once (one batch)."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(row, default=str) + "\n" for row in rows))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 # ----------------------------------------------------------------------------- generation
 
 
@@ -358,33 +349,97 @@ def _item_id(part: _Part, item: dict[str, Any]) -> Any:
     return item["question_id"] if part.benchmark == "pope" else item["image_id"]
 
 
-def _run_part(loaded: Any, spec: ModelSpec, part: _Part, pending: list[dict[str, Any]], cfg: EvaluateConfig, data: Any, samples: Path, reporter: Reporter) -> None:
-    """Generate the pending items of one part, appending each batch to samples.jsonl."""
-    from seedcli.evals.generation import generate
+def _run_pope(
+    loaded: Any,
+    spec: ModelSpec,
+    entries: Sequence[tuple[_Part, list[dict[str, Any]]]],
+    cfg: EvaluateConfig,
+    data: Any,
+    samples: Path,
+    reporter: Reporter,
+) -> None:
+    """Answer the pending POPE questions of every split under one decoding run, appending each batch.
+
+    A question asked in several splits (same image, same prompt) is answered once and recorded under
+    every (split, question id) that asked it; batches hold few images with many questions each, and
+    each image's common prompt prefix is prefilled once (`share_prefix`).
+    """
+    from seedcli.evals import generation
     from seedcli.evals.pope_logits import answer_tokens, score_logits
 
     suffix = pope_suffix(cfg)
-    tokens = answer_tokens(loaded.processor.tokenizer) if part.benchmark == "pope" and cfg.pope_scoring == "logits" else None
+    decoding = entries[0][0].decoding
+    tokens = answer_tokens(loaded.processor.tokenizer) if cfg.pope_scoring == "logits" else None
+    askers: dict[tuple[str, str], list[tuple[_Part, dict[str, Any]]]] = {}
+    for part, pending in entries:
+        for question in pending:
+            askers.setdefault((question["image"], pope_prompt(question["text"], suffix)), []).append((part, question))
+    keys = list(askers)
+    prompts = [prompt for _, prompt in keys]
+    images = [data.resolve_image("pope", image) for image, _ in keys]
+    batches, _ = generation.plan(prompts, images, cfg.batch_size, share_prefix=True)
+    model, processor, family = loaded.model, loaded.processor, loaded.family
+    seed_note = f" seed {decoding.seed}" if len(_seeds(cfg)) > 1 else ""
+    splits = "+".join(part.split or "" for part, _ in entries)
+    total = sum(len(pending) for _, pending in entries)
+    with reporter.task(f"{spec.label} pope {splits}{seed_note}", total=total, unit="q") as task:
+        for batch in batches:
+            asked = [prompts[i] for i in batch], [images[i] for i in batch]
+            if tokens is not None:
+                outputs: list[Any] = score_logits(
+                    model, processor, family, *asked, tokens, batch_size=len(batch), share_prefix=True
+                )
+            else:
+                outputs = generation.generate(
+                    model, processor, family, *asked, decoding, batch_size=len(batch), share_prefix=True
+                )
+            rows = []
+            for i, output in zip(batch, outputs):
+                for part, question in askers[keys[i]]:
+                    rows += _pope_rows(spec, part.split or "", decoding.seed, [question], [prompts[i]], [output])
+            atomic.append_jsonl_rows(samples, rows)
+            task.advance(len(rows))
+
+
+def _run_chair(
+    loaded: Any,
+    spec: ModelSpec,
+    part: _Part,
+    pending: list[dict[str, Any]],
+    cfg: EvaluateConfig,
+    data: Any,
+    samples: Path,
+    reporter: Reporter,
+) -> None:
+    """Caption the pending CHAIR images of one decoding run (batched decoding), appending each batch."""
+    from seedcli.evals import generation
+
     seed_note = f" seed {part.decoding.seed}" if len(_seeds(cfg)) > 1 else ""
-    unit = "q" if part.benchmark == "pope" else "img"
-    with reporter.task(f"{spec.label} {part.name}{seed_note}", total=len(pending), unit=unit) as task:
+    with reporter.task(f"{spec.label} {part.name}{seed_note}", total=len(pending), unit="img") as task:
         for start in range(0, len(pending), cfg.batch_size):
             chunk = pending[start : start + cfg.batch_size]
-            if part.benchmark == "pope":
-                prompts = [pope_prompt(q["text"], suffix) for q in chunk]
-                images = [data.resolve_image("pope", q["image"]) for q in chunk]
-                if tokens is not None:
-                    outputs: list[Any] = score_logits(loaded.model, loaded.processor, loaded.family, prompts, images, tokens, batch_size=cfg.batch_size)
-                else:
-                    outputs = generate(loaded.model, loaded.processor, loaded.family, prompts, images, part.decoding, batch_size=cfg.batch_size)
-                rows = _pope_rows(spec, part.split or "", part.decoding.seed, chunk, prompts, outputs)
-            else:
-                prompts = [cfg.chair_prompt] * len(chunk)
-                images = [data.resolve_image("chair", row["image"]) for row in chunk]
-                captions = generate(loaded.model, loaded.processor, loaded.family, prompts, images, part.decoding, batch_size=cfg.batch_size)
-                rows = _chair_rows(spec, part.decoding.seed, chunk, cfg.chair_prompt, captions)
-            _append(samples, rows)
+            prompts = [cfg.chair_prompt] * len(chunk)
+            images = [data.resolve_image("chair", row["image"]) for row in chunk]
+            captions = generation.generate(
+                loaded.model, loaded.processor, loaded.family, prompts, images, part.decoding, batch_size=cfg.batch_size
+            )
+            atomic.append_jsonl_rows(samples, _chair_rows(spec, part.decoding.seed, chunk, cfg.chair_prompt, captions))
             task.advance(len(chunk))
+
+
+def _jobs(todo: Sequence[tuple[_Part, list[dict[str, Any]]]]) -> list[list[tuple[_Part, list[dict[str, Any]]]]]:
+    """Units of generation: all POPE splits under one decoding run together, each CHAIR run alone."""
+    pope: dict[int, list[tuple[_Part, list[dict[str, Any]]]]] = {}
+    jobs: list[list[tuple[_Part, list[dict[str, Any]]]]] = []
+    for part, pending in todo:
+        if part.benchmark == "pope":
+            if part.decoding.seed not in pope:
+                pope[part.decoding.seed] = []
+                jobs.append(pope[part.decoding.seed])
+            pope[part.decoding.seed].append((part, pending))
+        else:
+            jobs.append([(part, pending)])
+    return jobs
 
 
 def _sample_files(out: Path) -> list[Path]:
@@ -443,14 +498,20 @@ def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, it
                 errors.append({"model": spec.label, "part": part.name, "seed": str(part.decoding.seed), "error": f"{type(exc).__name__}: {exc}"})
             reporter.warn(f"{spec.label}: cannot load the model ({type(exc).__name__}: {exc}); its parts are skipped.")
             continue
-        for part, pending in todo:
+        for job in _jobs(todo):
             try:
-                _run_part(loaded, spec, part, pending, cfg, data, samples, reporter)
+                if job[0][0].benchmark == "pope":
+                    _run_pope(loaded, spec, job, cfg, data, samples, reporter)
+                else:
+                    _run_chair(loaded, spec, *job[0], cfg, data, samples, reporter)
             except Exception as exc:  # noqa: BLE001 - record, go on, exit non-zero at the end
                 if storage_error(exc) is not None:
                     raise  # disk full or read-only: every later part would fail the same way (exit 5)
-                errors.append({"model": spec.label, "part": part.name, "seed": str(part.decoding.seed), "error": f"{type(exc).__name__}: {exc}"})
-                reporter.warn(f"{spec.label} {part.name}: failed ({type(exc).__name__}: {exc}).")
+                failure = f"{type(exc).__name__}: {exc}"
+                for part, _ in job:
+                    seed = str(part.decoding.seed)
+                    errors.append({"model": spec.label, "part": part.name, "seed": seed, "error": failure})
+                    reporter.warn(f"{spec.label} {part.name}: failed ({failure}).")
     return errors
 
 
@@ -458,7 +519,7 @@ def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, it
 
 
 def _merge_shards(out: Path, specs: Sequence[ModelSpec], parts: list[_Part]) -> None:
-    """Fold the shard files into samples.jsonl in the order a single process writes it."""
+    """Fold any shard files into samples.jsonl, every row in canonical order (model, part, item)."""
     order: dict[tuple[str, ...], int] = {}
     for spec in specs:
         for part in parts:
@@ -706,6 +767,8 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> dict[str, Any]:
         distributed.shutdown()
         if rank != 0:
             return {"worker": True, "rank": rank}
+    else:
+        _merge_shards(out, specs, _parts(cfg, items))  # POPE batches append image by image: restore the order
     scores = _score_all(cfg, specs, items, _read_samples(samples, reporter), errors, reporter)
     results = _envelope(cfg, out, "generate")
     results.update(

@@ -68,6 +68,11 @@ def _samples(out: Path) -> list[dict]:
     return atomic.read_jsonl(out / "samples.jsonl")
 
 
+def _distinct(limit: int, start: int = 0) -> int:
+    """Distinct (image, question) pairs among questions start+1..limit of every split."""
+    return len({(q["image"], q["text"]) for split in SPLITS for q in _pope_lines(split)[start:limit]})
+
+
 def _count_generate_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Patch the generation entry point to record how many prompts each call got."""
     from seedcli.evals import generation
@@ -120,7 +125,14 @@ def test_evaluate_model_produces_every_field_and_resumes(cli, data_dir: Path, tm
     captions = [r for r in rows if r["benchmark"] == "chair"]
     assert chair["chair_s_pct"] == pytest.approx(100 * sum(not r["correct"] for r in captions) / 3)
     assert all(r["input"] == "Please describe this image in detail." for r in captions)
-    assert sum(calls) == 3 * 6 + 3
+    # A question asked in several splits (same image, same text) is answered once, recorded under every id.
+    asked = {(r["image"], r["input"]) for r in rows if r["benchmark"] == "pope"}
+    assert len(asked) == _distinct(6) < 3 * 6
+    assert sum(calls) == len(asked) + 3
+    for image, prompt in asked:
+        answers = {r["output"] for r in rows if (r["image"], r["input"]) == (image, prompt)}
+        assert len(answers) == 1
+    assert any(sum((r["image"], r["input"]) == key for r in rows) == 3 for key in asked)
 
     # Same command again: everything is finished, nothing is generated, same metrics.
     calls.clear()
@@ -134,7 +146,7 @@ def test_evaluate_model_produces_every_field_and_resumes(cli, data_dir: Path, tm
     more[more.index("--limit") + 1] = "8"
     code, stdout, stderr = cli(more)
     assert code == 0, stderr
-    assert sum(calls) == 3 * 2
+    assert sum(calls) == _distinct(8, start=6)
     assert len(_samples(out)) == 3 * 8 + 3
     assert json.loads(stdout)["pope"]["base"]["random"]["n_questions"] == 8
 
@@ -166,6 +178,37 @@ def test_interrupted_run_resumes_without_redoing_finished_batches(cli, data_dir:
     assert calls == [3, 2]  # questions 4-6 and 7-8 only
     assert sorted(r["id"] for r in _samples(out)) == list(range(1, 9))
     assert json.loads(stdout)["pope"]["base"]["random"]["n_questions"] == 8
+
+
+def test_interrupted_all_splits_run_resumes_to_the_uninterrupted_samples(
+    cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cross-split answers written batch by batch: an interrupted run ends with the same rows, in the same order."""
+    from seedcli.evals import generation
+
+    args = ["evaluate", "--model", "tiny-llava", "--data", str(data_dir), "--pope", "all", "--json", *FAST[:2]]
+    args += ["--batch-size", "5"]
+    code, _, err = cli([*args, "--out", str(tmp_path / "whole")])
+    assert code == 0, err
+    real = generation.generate
+    seen: list[int] = []
+
+    def interrupt_second_batch(*call, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(len(call[3]))
+        return real(*call, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", interrupt_second_batch)
+    out = tmp_path / "resumed"
+    code, _, _ = cli([*args, "--out", str(out)])
+    assert code == 130 and seen == [5]
+    partial = _samples(out)
+    assert len(partial) > 5  # five distinct questions, recorded under the ids of every split that asked them
+    monkeypatch.setattr(generation, "generate", real)
+    code, _, err = cli([*args, "--out", str(out)])
+    assert code == 0, err
+    assert _samples(out) == _samples(tmp_path / "whole")
 
 
 def test_adapter_run_is_compared_with_its_base(cli, data_dir: Path, adapter_run: Path, tmp_path: Path) -> None:

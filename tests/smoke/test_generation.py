@@ -9,7 +9,16 @@ import torch
 from PIL import Image
 
 from seedcli.core.noise import add_diffusion_noise, vcd_alpha_bar
-from seedcli.evals.generation import Decoding, generate, noised_encoding, prefill, sample_seed, to_batch, vcd_logits, warp
+from seedcli.evals.generation import (
+    Decoding,
+    generate,
+    noised_encoding,
+    prefill,
+    sample_seed,
+    to_batch,
+    vcd_logits,
+    warp,
+)
 from seedcli.evals.pope_logits import answer_tokens, score_logits
 from seedcli.models.chat import collate, encode_prompt
 
@@ -86,7 +95,8 @@ def test_vcd_step_equals_the_formula_from_independent_forwards(fixture: str, req
     # What the decoding loop chooses the first token from: the formula on its two prefilled streams.
     inputs = {"pad": loaded.processor.tokenizer.pad_token_id, "device": "cpu", "dtype": torch.float32}
     clean = prefill(loaded.model, loaded.family, to_batch([enc], **inputs))
-    noisy = prefill(loaded.model, loaded.family, to_batch([noised_encoding(enc, decoding, loaded.family.vision_key)], **inputs))
+    noised = noised_encoding(enc, decoding, loaded.family.vision_key)
+    noisy = prefill(loaded.model, loaded.family, to_batch([noised], **inputs))
     got = vcd_logits(clean.logits, noisy.logits, decoding.vcd_alpha, decoding.vcd_beta)[0]
     assert torch.equal(torch.isfinite(got), keep)
     assert torch.allclose(got[keep], expected[keep], atol=1e-4)
