@@ -13,6 +13,12 @@ memory (torch.cuda.max_memory_allocated on GPU; peak RSS on CPU, reset through
 
 Built shapes (small-llava, llava-7b) are created from a config by benchmarks/shapes.py; the loop's
 model loader is pointed at that builder for the duration of the run (the step code is untouched).
+
+Against the FLOP floor: "floor x" is the configuration's model FLOPs over the SFT row's, with the
+frozen-base count (f = 2: forward + activation gradients, no weight gradients) plus what the
+configuration recomputes (gradient checkpointing: the language model's forward again; a chunked loss:
+the LM head again); "meas/floor" = measured "x SFT" / "floor x". 1.00 means the step costs exactly
+its extra FLOPs; above it, time goes to something the FLOP count does not see.
 """
 
 from __future__ import annotations
@@ -167,7 +173,7 @@ def run_config(label: str, cfg: DistillConfig, shape: shapes.Shape, attn: str, d
     # On a CPU shared with other jobs, wall time measures the neighbours too: the process's CPU
     # time is the comparable quantity there (with --threads 1 it is the compute actually done).
     times = reporter.step_times(0 if device == "cuda" else 1)
-    return {"label": label, "times": times, "wall": reporter.step_times(0), "peak": top, "before": before}
+    return {"label": label, "cfg": cfg, "times": times, "wall": reporter.step_times(0), "peak": top, "before": before}
 
 
 def sequence_lengths(shape: shapes.Shape, data: Path) -> tuple[int, int, int]:
@@ -178,12 +184,26 @@ def sequence_lengths(shape: shapes.Shape, data: Path) -> tuple[int, int, int]:
     from seedcli.models.chat import encode
     from seedcli.models.families import family_for, resolve
 
-    processor = shapes.build_processor(shape) if shape.built else loading.load_processor(resolve(shape.name).source, family_for("llava"))
+    processor = (
+        shapes.build_processor(shape)
+        if shape.built
+        else loading.load_processor(resolve(shape.name).source, family_for("llava"))
+    )
     row = next(iter(open_data_dir(data).train()))
     with Image.open(data / "images" / "0.png") as handle:
         enc = encode(processor, family_for("llava"), list(row["messages"]), handle.convert("RGB"))
     image_id = processor.tokenizer.convert_tokens_to_ids(shapes.IMAGE_TOKEN)
     return len(enc.input_ids), enc.num_supervised, sum(1 for t in enc.input_ids if t == image_id)
+
+
+def floor_flops(per_sample: shapes.Flops, method: str, cfg: DistillConfig) -> float:
+    """Model FLOPs of one sample's step at f = 2 (frozen base), with what `cfg` recomputes in backward."""
+    flops = per_sample.step(method, 2.0)
+    if cfg.gradient_checkpointing:
+        flops += per_sample.lm  # the student's decoder layers run forward again
+    if cfg.loss_chunk:
+        flops += per_sample.head  # each chunk's logits are recomputed for its backward
+    return flops
 
 
 def main() -> None:
@@ -200,9 +220,22 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
-    parser.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE", help="An extra SEED row with this DistillConfig override (repeatable).")
-    parser.add_argument("--cache-epochs", type=int, default=0, help="Also run SEED with --teacher-cache both for this many epochs and report per-epoch step times.")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs: 1 makes CPU time = compute).")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="An extra SEED row with this DistillConfig override (repeatable).",
+    )
+    parser.add_argument(
+        "--cache-epochs",
+        type=int,
+        default=0,
+        help="Also run SEED with --teacher-cache both for this many epochs and report per-epoch step times.",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (CPU runs: 1 makes CPU time = compute)."
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
 
@@ -214,7 +247,11 @@ def main() -> None:
     rate_dtype = torch.bfloat16 if device == "cuda" else torch.float32
     rate = matmul_rate(device, rate_dtype, 8192 if device == "cuda" else 1024, 20 if device == "cuda" else 5)
     print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'} ({torch.get_num_threads()} threads), torch {torch.__version__}, weights {dtype}, matmul {rate_dtype} {rate / 1e12:.3f} TFLOP/s measured")
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(
+        f"device: {where} ({torch.get_num_threads()} threads), torch {torch.__version__}, weights {dtype}, "
+        f"matmul {rate_dtype} {rate / 1e12:.3f} TFLOP/s measured"
+    )
 
     steps_total = args.warmup + args.steps
     with tempfile.TemporaryDirectory(prefix="seed-step-bench-") as tmp:
@@ -223,10 +260,23 @@ def main() -> None:
         data = shapes.write_data(root / "data", shape, processor, n=steps_total * args.batch_size)
         seq, sup, image_tokens = sequence_lengths(shape, data)
         common = dict(
-            model=shape.name, data=str(data), device=device, dtype={torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, "auto"),
-            batch_size=args.batch_size, grad_accum=1, lr=1e-5, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-            log_every=10**6, save_every=10**6, warmup_ratio=0.0, max_length=max(seq, 8), attn_implementation=args.attn_implementation,
-            teacher_batching=args.teacher_batching, gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk,
+            model=shape.name,
+            data=str(data),
+            device=device,
+            dtype={torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, "auto"),
+            batch_size=args.batch_size,
+            grad_accum=1,
+            lr=1e-5,
+            lora_r=args.lora_r,
+            lora_alpha=2 * args.lora_r,
+            log_every=10**6,
+            save_every=10**6,
+            warmup_ratio=0.0,
+            max_length=max(seq, 8),
+            attn_implementation=args.attn_implementation,
+            teacher_batching=args.teacher_batching,
+            gradient_checkpointing=args.gradient_checkpointing,
+            loss_chunk=args.loss_chunk,
         )
         runs: list[tuple[str, DistillConfig]] = [
             ("sft", DistillConfig(**common, method="sft", max_steps=steps_total, out=str(root / "sft"))),
@@ -234,12 +284,26 @@ def main() -> None:
         ]
         for i, text in enumerate(args.also):
             key, value = _parse_override(text)
-            runs.append((f"seed {key}={value}", DistillConfig(**{**common, key: value}, method="seed", max_steps=steps_total, out=str(root / f"also-{i}"))))
+            runs.append(
+                (
+                    f"seed {key}={value}",
+                    DistillConfig(
+                        **{**common, key: value}, method="seed", max_steps=steps_total, out=str(root / f"also-{i}")
+                    ),
+                )
+            )
         fields = {f.name for f in dataclasses.fields(DistillConfig)}
         if args.cache_epochs:
             if "teacher_cache" not in fields:
                 raise SystemExit("--cache-epochs: this seedcli has no --teacher-cache option yet")
-            runs.append(("seed cache=both", DistillConfig(**common, method="seed", epochs=args.cache_epochs, teacher_cache="both", out=str(root / "cache"))))
+            runs.append(
+                (
+                    "seed cache=both",
+                    DistillConfig(
+                        **common, method="seed", epochs=args.cache_epochs, teacher_cache="both", out=str(root / "cache")
+                    ),
+                )
+            )
 
         results = []
         for label, cfg in runs:
@@ -248,12 +312,29 @@ def main() -> None:
     model_counts = count_model(shape, image_tokens)
 
     per_sample = shapes.flops(model_counts, seq, sup)
-    print(f"shape {shape.name}: {seq} tokens/sample ({image_tokens} image, {sup} supervised), batch {args.batch_size}, "
-          f"forward {per_sample.forward / 1e9:.3f} GFLOP/sample (vision {per_sample.vision / 1e9:.3f}, LM {per_sample.lm / 1e9:.3f}, head {per_sample.head / 1e9:.3f}); "
-          f"{args.steps} timed steps after {args.warmup} warm-up")
-    sft_time = None
-    print("step s: " + ("wall seconds (CUDA-synchronised)" if device == "cuda" else "CPU seconds of this process (wall time on a shared CPU includes other jobs; wall s shown for reference)"))
-    header = f"{'config':34} {'wall s':>8} {'step s':>9} {'x SFT':>6} {'samples/s':>10} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU x3':>7} {'MFU x2':>7} {'peak GB':>8} {'+GB':>6}"
+    print(
+        f"shape {shape.name}: {seq} tokens/sample ({image_tokens} image, {sup} supervised), batch {args.batch_size}, "
+        f"forward {per_sample.forward / 1e9:.3f} GFLOP/sample (vision {per_sample.vision / 1e9:.3f}, "
+        f"LM {per_sample.lm / 1e9:.3f}, head {per_sample.head / 1e9:.3f}); "
+        f"{args.steps} timed steps after {args.warmup} warm-up"
+    )
+    sft: dict[str, Any] = {}  # the SFT row's step time and configuration FLOPs
+    clock = "wall seconds (CUDA-synchronised)" if device == "cuda" else "CPU seconds of this process"
+    print(
+        f"step s: {clock}"
+        + ("" if device == "cuda" else " (a shared CPU's wall time counts other jobs; wall s for reference)")
+    )
+    columns = [("config", 34), ("wall s", 8), ("step s", 9), ("x SFT", 6), ("floor x", 7), ("meas/floor", 10)]
+    columns += [
+        ("samples/s", 10),
+        ("tokens/s", 10),
+        ("TFLOP/s", 8),
+        ("MFU x3", 7),
+        ("MFU x2", 7),
+        ("peak GB", 8),
+        ("+GB", 6),
+    ]
+    header = " ".join(f"{name:{width}}" if i == 0 else f"{name:>{width}}" for i, (name, width) in enumerate(columns))
     print(header)
     print("-" * len(header))
     report = []
@@ -263,28 +344,84 @@ def main() -> None:
         rows = []
         if res["label"] == "seed cache=both":
             # Epoch e holds steps [e * steps_total, (e + 1) * steps_total); epoch 1 drops the warm-up.
-            spans = [(e * steps_total + (args.warmup if e == 0 else 0), (e + 1) * steps_total) for e in range(args.cache_epochs)]
+            spans = [
+                (e * steps_total + (args.warmup if e == 0 else 0), (e + 1) * steps_total)
+                for e in range(args.cache_epochs)
+            ]
             for e, (lo, hi) in enumerate(spans, start=1):
-                rows.append((f"seed cache=both epoch {e}", statistics.median(times[lo:hi]), statistics.median(walls[lo:hi])))
-            rows.append(("seed cache=both mean of epochs", statistics.mean(r[1] for r in rows), statistics.mean(r[2] for r in rows)))
+                rows.append(
+                    (f"seed cache=both epoch {e}", statistics.median(times[lo:hi]), statistics.median(walls[lo:hi]))
+                )
+            mean = (
+                "seed cache=both mean of epochs",
+                statistics.mean(r[1] for r in rows),
+                statistics.mean(r[2] for r in rows),
+            )
+            rows.append(mean)
         else:
-            rows.append((res["label"], statistics.median(times[args.warmup :]), statistics.median(walls[args.warmup :])))
+            rows.append(
+                (res["label"], statistics.median(times[args.warmup :]), statistics.median(walls[args.warmup :]))
+            )
         for label, step_s, wall in rows:
-            if label == "sft":
-                sft_time = step_s
             # Cached epochs run no teacher: their model FLOPs are the SFT step's.
             teacher_free = label.startswith("seed cache=both epoch") and not label.endswith("epoch 1")
-            f3 = per_sample.step("sft" if teacher_free else method, 3.0) * args.batch_size
-            f2 = per_sample.step("sft" if teacher_free else method, 2.0) * args.batch_size
+            kind = "sft" if teacher_free else method
+            f3 = per_sample.step(kind, 3.0) * args.batch_size
+            f2 = per_sample.step(kind, 2.0) * args.batch_size
+            floor = floor_flops(per_sample, kind, res["cfg"])
+            if label == "sft":
+                sft = {"step_s": step_s, "floor": floor}
             achieved = f3 / step_s
             gb = (res["peak"] or 0) / 1e9
             extra = ((res["peak"] or 0) - (res["before"] or 0)) / 1e9
-            ratio = step_s / sft_time if sft_time else float("nan")
-            print(f"{label:34} {wall:8.3f} {step_s:9.4f} {ratio:6.2f} {args.batch_size / step_s:10.2f} {args.batch_size * seq / step_s:10.0f} {achieved / 1e12:8.4f} {100 * achieved / rate:6.1f}% {100 * f2 / step_s / rate:6.1f}% {gb:8.2f} {extra:6.2f}")
-            report.append({"config": label, "step_s": step_s, "wall_s": wall, "x_sft": ratio, "samples_per_s": args.batch_size / step_s, "tokens_per_s": args.batch_size * seq / step_s, "mfu_x3": achieved / rate, "mfu_x2": f2 / step_s / rate, "peak_bytes": res["peak"], "step_times": times if label == res["label"] else None})
-    print("peak GB: CPU = peak RSS of the whole process (VmHWM); GPU = torch.cuda.max_memory_allocated. +GB = above the level before the configuration started.")
+            ratio = step_s / sft["step_s"] if sft else float("nan")
+            floor_ratio = floor / sft["floor"] if sft else float("nan")
+            if label.endswith("mean of epochs"):
+                floor_ratio = float("nan")  # a mean of epochs with different floors has none of its own
+            cells = [f"{label:34}", f"{wall:8.3f}", f"{step_s:9.4f}", f"{ratio:6.2f}", f"{floor_ratio:7.2f}"]
+            cells += [
+                f"{ratio / floor_ratio:10.3f}",
+                f"{args.batch_size / step_s:10.2f}",
+                f"{args.batch_size * seq / step_s:10.0f}",
+            ]
+            cells += [f"{achieved / 1e12:8.4f}", f"{100 * achieved / rate:6.1f}%", f"{100 * f2 / step_s / rate:6.1f}%"]
+            cells += [f"{gb:8.2f}", f"{extra:6.2f}"]
+            print(" ".join(cells))
+            report.append(
+                {
+                    "config": label,
+                    "step_s": step_s,
+                    "wall_s": wall,
+                    "x_sft": ratio,
+                    "floor_x_sft": floor_ratio,
+                    "measured_over_floor": ratio / floor_ratio,
+                    "samples_per_s": args.batch_size / step_s,
+                    "tokens_per_s": args.batch_size * seq / step_s,
+                    "mfu_x3": achieved / rate,
+                    "mfu_x2": f2 / step_s / rate,
+                    "peak_bytes": res["peak"],
+                    "step_times": times if label == res["label"] else None,
+                }
+            )
+    print(
+        "floor x: model FLOPs (f = 2, recomputation included) over the SFT row's; meas/floor = x SFT / floor x. "
+        "peak GB: CPU = peak RSS of the whole process (VmHWM); GPU = torch.cuda.max_memory_allocated. "
+        "+GB = above the level before the configuration started."
+    )
     if args.json:
-        args.json.write_text(json.dumps({"command": sys.argv, "device": device, "matmul_flops": rate, "sequence": seq, "supervised": sup, "results": report}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": sys.argv,
+                    "device": device,
+                    "matmul_flops": rate,
+                    "sequence": seq,
+                    "supervised": sup,
+                    "results": report,
+                },
+                indent=1,
+            )
+        )
 
 
 def count_model(shape: shapes.Shape, image_tokens: int) -> shapes.Counts:
