@@ -33,6 +33,7 @@ resumed run skipping earlier samples.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import inspect
@@ -341,13 +342,38 @@ def _left_pad(rows: Sequence[Any], value: int) -> Any:
     return torch.stack(padded, dim=-2)
 
 
+@dataclass
+class PrefixMemo:
+    """The last prefix prefilled for a batch of one image's prompts, so that the next batch of that image reuses it."""
+
+    digest: bytes = b""  # sha256 of the image's vision inputs
+    ids: tuple[int, ...] = ()  # the prefix tokens
+    cache: Any = None  # their KV cache, one row
+
+
+def _reuses(memo: PrefixMemo | None, digests: Sequence[bytes], encoded: Sequence[Any]) -> bool:
+    """Whether `memo` holds a prefix of every prompt in a batch of one image's prompts."""
+    if memo is None or memo.cache is None or len(digests) != 1 or memo.digest != digests[0]:
+        return False
+    length = len(memo.ids)
+    return all(len(enc.input_ids) > length and tuple(enc.input_ids[:length]) == memo.ids for enc in encoded)
+
+
 def prefill_shared(
-    model: Any, family: Any, encoded: Sequence[Any], *, pad: int, device: Any, dtype: Any
+    model: Any,
+    family: Any,
+    encoded: Sequence[Any],
+    *,
+    pad: int,
+    device: Any,
+    dtype: Any,
+    memo: PrefixMemo | None = None,
 ) -> CachedStream | None:
     """A stream whose prompts about one image share one prefilled prefix (see the module docstring).
 
-    Prompts are grouped by their exact vision inputs. None when a prompt has an image token after its
-    group's common prefix (the prefix must hold the whole image), or the image token is unknown.
+    Prompts are grouped by their exact vision inputs. A batch of one image's prompts reuses `memo`'s prefix
+    when it fits them all, and leaves its own there otherwise. None when a prompt has an image token after
+    its group's common prefix (the prefix must hold the whole image), or the image token is unknown.
     """
     import torch
 
@@ -357,7 +383,11 @@ def prefill_shared(
         _hash_vision(digest, enc.vision)
         groups.setdefault(digest.digest(), []).append(i)
     members = list(groups.values())
-    cut = [_common_prefix([encoded[i].input_ids for i in group]) for group in members]
+    reuse = _reuses(memo, list(groups), encoded)
+    if reuse:
+        cut = [len(memo.ids)]  # type: ignore[union-attr]
+    else:
+        cut = [_common_prefix([encoded[i].input_ids for i in group]) for group in members]
     group_of = [0] * len(encoded)
     for g, group in enumerate(members):
         for i in group:
@@ -375,20 +405,32 @@ def prefill_shared(
     width = whole["input_ids"].shape[1]
     own = [positions[..., i, width - len(enc.input_ids) :] for i, enc in enumerate(encoded)]  # [(3,) L_i]
 
-    heads = [group[0] for group in members]
-    prefixes = [_truncated(encoded[i], cut[g]) for g, i in enumerate(heads)]
-    prefix = to_batch(prefixes, pad=pad, device=device, dtype=dtype)
-    prefix["position_ids"] = _left_pad([own[i][..., : cut[g]] for g, i in enumerate(heads)], 0)
     cache_name = cache_argument(model)
-    cache, _ = _forward(model, None, prefix, cache_name)  # one row per image
+    if reuse:
+        cache = copy.deepcopy(memo.cache)  # type: ignore[union-attr]
+        prefix_mask = torch.ones(1, cut[0], dtype=torch.long, device=device)
+    else:
+        heads = [group[0] for group in members]
+        prefix = to_batch(
+            [_truncated(encoded[i], cut[g]) for g, i in enumerate(heads)], pad=pad, device=device, dtype=dtype
+        )
+        prefix["position_ids"] = _left_pad([own[i][..., : cut[g]] for g, i in enumerate(heads)], 0)
+        cache, _ = _forward(model, None, prefix, cache_name)  # one row per image
+        prefix_mask = prefix["attention_mask"]
+        if memo is not None and len(members) == 1:
+            memo.digest, memo.ids, memo.cache = (
+                next(iter(groups)),
+                tuple(encoded[heads[0]].input_ids[: cut[0]]),
+                copy.deepcopy(cache),
+            )
 
-    index = torch.tensor(group_of, device=prefix["attention_mask"].device)
+    index = torch.tensor(group_of, device=prefix_mask.device)
     cache.batch_select_indices(index)  # one row per prompt: a copy of its image's prefix
     tails = [
         torch.tensor(enc.input_ids[cut[group_of[i]] :], dtype=torch.long, device=device)
         for i, enc in enumerate(encoded)
     ]
-    mask = torch.cat([prefix["attention_mask"][index], _left_pad([torch.ones_like(t) for t in tails], 0)], dim=-1)
+    mask = torch.cat([prefix_mask[index], _left_pad([torch.ones_like(t) for t in tails], 0)], dim=-1)
     inputs = {
         "input_ids": _left_pad(tails, pad),
         "attention_mask": mask,
@@ -410,12 +452,20 @@ def _truncated(encoded: Any, length: int) -> Any:
 
 
 def next_token_stream(
-    model: Any, processor: Any, family: Any, encoded: Sequence[Any], *, share_prefix: bool
+    model: Any,
+    processor: Any,
+    family: Any,
+    encoded: Sequence[Any],
+    *,
+    share_prefix: bool,
+    memo: PrefixMemo | None = None,
 ) -> CachedStream:
     """The clean stream of a batch: prefix-shared when asked and possible, else one full prefill."""
     device, dtype = model_device_dtype(model)
     pad = pad_id(processor)
-    shared = prefill_shared(model, family, encoded, pad=pad, device=device, dtype=dtype) if share_prefix else None
+    shared = None
+    if share_prefix:
+        shared = prefill_shared(model, family, encoded, pad=pad, device=device, dtype=dtype, memo=memo)
     return shared or prefill(model, family, to_batch(encoded, pad=pad, device=device, dtype=dtype))
 
 
@@ -427,11 +477,11 @@ def _scores(clean: CachedStream, noised: CachedStream | None, decoding: Decoding
 
 
 def _decode_batch(
-    model: Any, processor: Any, family: Any, encoded: Sequence[Any], decoding: Decoding, share_prefix: bool
+    model: Any, processor: Any, family: Any, encoded: Sequence[Any], decoding: Decoding, memo: PrefixMemo | None
 ) -> list[str]:
     import torch
 
-    clean = next_token_stream(model, processor, family, encoded, share_prefix=share_prefix)
+    clean = next_token_stream(model, processor, family, encoded, share_prefix=memo is not None, memo=memo)
     noised = None
     if decoding.mode == "vcd":
         device, dtype = model_device_dtype(model)
@@ -474,8 +524,8 @@ def plan(
     """Batches of item indices to compute, and for every item the index of the item that answers it.
 
     Without sharing: consecutive items, each answering itself. With sharing: each distinct (image, prompt)
-    once, the items of one image next to each other (in order of first appearance), so that a batch holds
-    few images with many prompts each.
+    once, grouped by image (in order of first appearance); a batch holds whole images' groups, and an image
+    with more than `batch_size` prompts fills batches of its own, which share one prefix (`PrefixMemo`).
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1 (got {batch_size}).")
@@ -489,8 +539,17 @@ def plan(
     by_image: dict[Hashable, list[int]] = {}
     for i in first.values():
         by_image.setdefault(image_key(images[i]), []).append(i)
-    order = [i for group in by_image.values() for i in group]
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)], source
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for group in by_image.values():
+        if current and len(current) + len(group) > batch_size:
+            batches.append(current)
+            current = []
+        if len(group) > batch_size:
+            batches += [group[s : s + batch_size] for s in range(0, len(group), batch_size)]
+        else:
+            current += group
+    return batches + ([current] if current else []), source
 
 
 def generate(
@@ -504,17 +563,22 @@ def generate(
     batch_size: int = 8,
     reporter: Reporter | None = None,
     share_prefix: bool = False,
+    prefix_memo: PrefixMemo | None = None,
 ) -> list[str]:
-    """One answer per (prompt, image), in batches of `batch_size` (left padding, KV cache, optional prefix sharing)."""
+    """One answer per (prompt, image), in batches of `batch_size` (left padding, KV cache, optional prefix sharing).
+
+    `prefix_memo` carries an image's prefix over to the next call (a caller that calls once per batch).
+    """
     import torch
 
     batches, source = plan(prompts, images, batch_size, share_prefix)
+    memo = (prefix_memo or PrefixMemo()) if share_prefix else None
     reporter = reporter or NullReporter()
     answers: dict[int, str] = {}
     total = sum(len(batch) for batch in batches)
     with reporter.task(f"generating ({decoding.mode})", total=total, unit="q") as task, torch.inference_mode():
         for batch in batches:
             encoded = encode_all(processor, family, [prompts[i] for i in batch], [images[i] for i in batch])
-            answers.update(zip(batch, _decode_batch(model, processor, family, encoded, decoding, share_prefix)))
+            answers.update(zip(batch, _decode_batch(model, processor, family, encoded, decoding, memo)))
             task.advance(len(batch))
     return [answers[source[i]] for i in range(len(prompts))]

@@ -102,20 +102,22 @@ def score_logits(
     batch_size: int = 8,
     reporter: Reporter | None = None,
     share_prefix: bool = False,
+    prefix_memo: Any = None,
 ) -> list[dict[str, Any]]:
     """Yes/no decisions from one left-padded forward per batch (prefix-shared per image when asked)."""
     import torch
 
-    from seedcli.evals.generation import encode_all, next_token_stream, plan
+    from seedcli.evals.generation import PrefixMemo, encode_all, next_token_stream, plan
 
     batches, source = plan(prompts, images, batch_size, share_prefix)
+    memo = (prefix_memo or PrefixMemo()) if share_prefix else None
     reporter = reporter or NullReporter()
     results: dict[int, dict[str, Any]] = {}
     total = sum(len(batch) for batch in batches)
     with reporter.task("scoring yes/no logits", total=total, unit="q") as task, torch.inference_mode():
         for batch in batches:
             encoded = encode_all(processor, family, [prompts[i] for i in batch], [images[i] for i in batch])
-            stream = next_token_stream(model, processor, family, encoded, share_prefix=share_prefix)
+            stream = next_token_stream(model, processor, family, encoded, share_prefix=share_prefix, memo=memo)
             results.update(zip(batch, yes_no_scores(stream.logits, tokens)))
             task.advance(len(batch))
     return [results[source[i]] for i in range(len(prompts))]

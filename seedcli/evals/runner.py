@@ -379,20 +379,18 @@ def _run_pope(
     images = [data.resolve_image("pope", image) for image, _ in keys]
     batches, _ = generation.plan(prompts, images, cfg.batch_size, share_prefix=True)
     model, processor, family = loaded.model, loaded.processor, loaded.family
+    memo = generation.PrefixMemo()  # an image with more questions than a batch: its prefix serves every batch
     seed_note = f" seed {decoding.seed}" if len(_seeds(cfg)) > 1 else ""
     splits = "+".join(part.split or "" for part, _ in entries)
     total = sum(len(pending) for _, pending in entries)
     with reporter.task(f"{spec.label} pope {splits}{seed_note}", total=total, unit="q") as task:
         for batch in batches:
             asked = [prompts[i] for i in batch], [images[i] for i in batch]
+            shared = {"batch_size": len(batch), "share_prefix": True, "prefix_memo": memo}
             if tokens is not None:
-                outputs: list[Any] = score_logits(
-                    model, processor, family, *asked, tokens, batch_size=len(batch), share_prefix=True
-                )
+                outputs: list[Any] = score_logits(model, processor, family, *asked, tokens, **shared)
             else:
-                outputs = generation.generate(
-                    model, processor, family, *asked, decoding, batch_size=len(batch), share_prefix=True
-                )
+                outputs = generation.generate(model, processor, family, *asked, decoding, **shared)
             rows = []
             for i, output in zip(batch, outputs):
                 for part, question in askers[keys[i]]:

@@ -89,11 +89,40 @@ def test_shared_logit_scoring_equals_unshared(fixture: str, request) -> None:
         assert s["no_score"] == pytest.approx(u["no_score"], abs=1e-4)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_qwen"])
+def test_an_image_with_more_prompts_than_a_batch_prefills_its_prefix_once(fixture: str, request, monkeypatch) -> None:
+    from seedcli.evals import generation
+
+    loaded = request.getfixturevalue(fixture)
+    images = [Image.new("RGB", (40, 40), color) for color in COLORS[:2]]
+    questions = [f"Is there a {word} in the image?" for word in ("dog", "cat", "car", "cup", "red dog")]
+    prompts = [q for _ in images for q in questions]
+    pictures = [image for image in images for _ in questions]
+    greedy = Decoding(mode="greedy", max_new_tokens=3)
+    unshared = generate(loaded.model, loaded.processor, loaded.family, prompts, pictures, greedy, batch_size=2)
+    real, fresh = generation._forward, []
+
+    def counting(model, cache, inputs, name):  # noqa: ANN001, ANN202
+        fresh.extend([1] if cache is None else [])
+        return real(model, cache, inputs, name)
+
+    monkeypatch.setattr(generation, "_forward", counting)
+    shared = generate(
+        loaded.model, loaded.processor, loaded.family, prompts, pictures, greedy, batch_size=2, share_prefix=True
+    )
+    assert shared == unshared
+    assert len(fresh) == len(images)  # batches of 2 + 2 + 1 per image, one prefix prefill per image
+
+
 def test_plan_answers_each_distinct_item_once_grouped_by_image() -> None:
     prompts = ["a", "b", "a", "c", "a"]
     images = ["x.png", "y.png", "x.png", "x.png", "y.png"]
     batches, source = plan(prompts, images, batch_size=2, share_prefix=True)
     assert source == [0, 1, 0, 3, 4]
     assert batches == [[0, 3], [1, 4]]  # image x's prompts, then image y's
+    batches, _ = plan(prompts, images, batch_size=3, share_prefix=True)
+    assert batches == [[0, 3], [1, 4]]  # whole images only: y's two do not join x's batch
+    batches, _ = plan(["a", "b", "c", "d"], ["x.png"] * 3 + ["y.png"], batch_size=2, share_prefix=True)
+    assert batches == [[0, 1], [2], [3]]  # x has more than a batch: batches of its own
     batches, source = plan(prompts, images, batch_size=2, share_prefix=False)
     assert batches == [[0, 1], [2, 3], [4]] and source == [0, 1, 2, 3, 4]
