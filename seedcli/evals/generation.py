@@ -333,6 +333,18 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return limit
 
 
+def _cut(rows: Sequence[Sequence[int]], image_token: int | None) -> int:
+    """Where a group's shared prefix ends: the common prefix; for a lone prompt, just after its image.
+
+    A lone prompt's prefix stops after the image so that it also fits the image's other prompts, should
+    they come in the next batch (`PrefixMemo`).
+    """
+    row = rows[0]
+    if len(rows) == 1 and image_token is not None and image_token in row:
+        return min(len(row) - list(reversed(row)).index(image_token), len(row) - 1)
+    return _common_prefix(rows)
+
+
 def _left_pad(rows: Sequence[Any], value: int) -> Any:
     """Stack tensors of shape [..., S_i] into [..., B, S_max], padded on the left with `value`."""
     import torch
@@ -344,11 +356,12 @@ def _left_pad(rows: Sequence[Any], value: int) -> Any:
 
 @dataclass
 class PrefixMemo:
-    """The last prefix prefilled for a batch of one image's prompts, so that the next batch of that image reuses it."""
+    """The prefix of the last image in the last batch, for a next batch of only that image's prompts."""
 
     digest: bytes = b""  # sha256 of the image's vision inputs
     ids: tuple[int, ...] = ()  # the prefix tokens
-    cache: Any = None  # their KV cache, one row
+    cache: Any = None  # their KV cache, one row (left-padded as it was in its batch)
+    mask: Any = None  # [1, T] its attention mask, 0 on that padding
 
 
 def _reuses(memo: PrefixMemo | None, digests: Sequence[bytes], encoded: Sequence[Any]) -> bool:
@@ -383,16 +396,16 @@ def prefill_shared(
         _hash_vision(digest, enc.vision)
         groups.setdefault(digest.digest(), []).append(i)
     members = list(groups.values())
+    image_token = _image_token_id(model)
     reuse = _reuses(memo, list(groups), encoded)
     if reuse:
         cut = [len(memo.ids)]  # type: ignore[union-attr]
     else:
-        cut = [_common_prefix([encoded[i].input_ids for i in group]) for group in members]
+        cut = [_cut([encoded[i].input_ids for i in group], image_token) for group in members]
     group_of = [0] * len(encoded)
     for g, group in enumerate(members):
         for i in group:
             group_of[i] = g
-    image_token = _image_token_id(model)
     if image_token is None or any(image_token in enc.input_ids[cut[group_of[i]] :] for i, enc in enumerate(encoded)):
         return None
 
@@ -407,8 +420,7 @@ def prefill_shared(
 
     cache_name = cache_argument(model)
     if reuse:
-        cache = copy.deepcopy(memo.cache)  # type: ignore[union-attr]
-        prefix_mask = torch.ones(1, cut[0], dtype=torch.long, device=device)
+        cache, prefix_mask = copy.deepcopy(memo.cache), memo.mask  # type: ignore[union-attr]
     else:
         heads = [group[0] for group in members]
         prefix = to_batch(
@@ -417,12 +429,12 @@ def prefill_shared(
         prefix["position_ids"] = _left_pad([own[i][..., : cut[g]] for g, i in enumerate(heads)], 0)
         cache, _ = _forward(model, None, prefix, cache_name)  # one row per image
         prefix_mask = prefix["attention_mask"]
-        if memo is not None and len(members) == 1:
-            memo.digest, memo.ids, memo.cache = (
-                next(iter(groups)),
-                tuple(encoded[heads[0]].input_ids[: cut[0]]),
-                copy.deepcopy(cache),
-            )
+        if memo is not None:  # the last image may go on in the next batch
+            last = len(members) - 1
+            memo.cache = copy.deepcopy(cache)
+            memo.cache.batch_select_indices(torch.tensor([last], device=prefix_mask.device))
+            memo.digest, memo.ids = list(groups)[last], tuple(encoded[heads[last]].input_ids[: cut[last]])
+            memo.mask = prefix_mask[last:]
 
     index = torch.tensor(group_of, device=prefix_mask.device)
     cache.batch_select_indices(index)  # one row per prompt: a copy of its image's prefix
@@ -524,8 +536,8 @@ def plan(
     """Batches of item indices to compute, and for every item the index of the item that answers it.
 
     Without sharing: consecutive items, each answering itself. With sharing: each distinct (image, prompt)
-    once, grouped by image (in order of first appearance); a batch holds whole images' groups, and an image
-    with more than `batch_size` prompts fills batches of its own, which share one prefix (`PrefixMemo`).
+    once, the items of one image next to each other (in order of first appearance), in full batches; an
+    image's prompts that spill into a batch of their own reuse the prefix of the batch before (`PrefixMemo`).
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1 (got {batch_size}).")
@@ -539,17 +551,8 @@ def plan(
     by_image: dict[Hashable, list[int]] = {}
     for i in first.values():
         by_image.setdefault(image_key(images[i]), []).append(i)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for group in by_image.values():
-        if current and len(current) + len(group) > batch_size:
-            batches.append(current)
-            current = []
-        if len(group) > batch_size:
-            batches += [group[s : s + batch_size] for s in range(0, len(group), batch_size)]
-        else:
-            current += group
-    return batches + ([current] if current else []), source
+    order = [i for group in by_image.values() for i in group]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)], source
 
 
 def generate(

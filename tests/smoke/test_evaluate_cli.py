@@ -175,8 +175,7 @@ def test_interrupted_run_resumes_without_redoing_finished_batches(cli, data_dir:
     calls = _count_generate_calls(monkeypatch)
     code, stdout, stderr = cli(args)
     assert code == 0, stderr
-    # Only questions 4-8, batched by image: a.png's last one, then b.png's four in batches of 3 and 1.
-    assert calls == [1, 3, 1]
+    assert calls == [3, 2]  # questions 4-6 and 7-8 only
     assert sorted(r["id"] for r in _samples(out)) == list(range(1, 9))
     assert json.loads(stdout)["pope"]["base"]["random"]["n_questions"] == 8
 

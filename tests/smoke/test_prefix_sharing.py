@@ -111,7 +111,9 @@ def test_an_image_with_more_prompts_than_a_batch_prefills_its_prefix_once(fixtur
         loaded.model, loaded.processor, loaded.family, prompts, pictures, greedy, batch_size=2, share_prefix=True
     )
     assert shared == unshared
-    assert len(fresh) == len(images)  # batches of 2 + 2 + 1 per image, one prefix prefill per image
+    # Batches [a a] [a a] [a b] [b b] [b b]: the first and the third prefill prefixes (one call each); the
+    # second continues from a's prefix, the fourth and fifth from b's.
+    assert len(fresh) == 2
 
 
 def test_plan_answers_each_distinct_item_once_grouped_by_image() -> None:
@@ -121,8 +123,6 @@ def test_plan_answers_each_distinct_item_once_grouped_by_image() -> None:
     assert source == [0, 1, 0, 3, 4]
     assert batches == [[0, 3], [1, 4]]  # image x's prompts, then image y's
     batches, _ = plan(prompts, images, batch_size=3, share_prefix=True)
-    assert batches == [[0, 3], [1, 4]]  # whole images only: y's two do not join x's batch
-    batches, _ = plan(["a", "b", "c", "d"], ["x.png"] * 3 + ["y.png"], batch_size=2, share_prefix=True)
-    assert batches == [[0, 1], [2], [3]]  # x has more than a batch: batches of its own
+    assert batches == [[0, 3, 1], [4]]  # full batches
     batches, source = plan(prompts, images, batch_size=2, share_prefix=False)
     assert batches == [[0, 1], [2, 3], [4]] and source == [0, 1, 2, 3, 4]
