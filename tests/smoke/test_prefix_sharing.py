@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from PIL import Image
@@ -114,6 +116,16 @@ def test_an_image_with_more_prompts_than_a_batch_prefills_its_prefix_once(fixtur
     # Batches [a a] [a a] [a b] [b b] [b b]: the first and the third prefill prefixes (one call each); the
     # second continues from a's prefix, the fourth and fifth from b's.
     assert len(fresh) == 2
+
+
+def test_decoding_gives_no_cache_deprecation_warning(tiny_qwen, capfd) -> None:
+    """transformers 5.24 deprecates `past_key_values`; the loop must use the cache argument the model takes."""
+    prompts, images = _items()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate(tiny_qwen.model, tiny_qwen.processor, tiny_qwen.family, prompts[:4], images[:4], Decoding("vcd", 3))
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert "past_key_values" not in capfd.readouterr().err
 
 
 def test_plan_answers_each_distinct_item_once_grouped_by_image() -> None:
