@@ -106,7 +106,10 @@ def resolve_models(cfg: EvaluateConfig, reporter: Reporter) -> list[ModelSpec]:
     if base is None:
         bases = sorted({run.base_model for run in runs})
         if len(bases) > 1:
-            raise ConfigError(f"--adapter runs were trained on different base models ({', '.join(bases)}); evaluate them separately or pass --model.")
+            raise ConfigError(
+                f"--adapter runs were trained on different base models ({', '.join(bases)}); "
+                "evaluate them separately or pass --model."
+            )
         base = bases[0]
     specs = [ModelSpec(label=BASE_LABEL, model=base)]
     taken = {BASE_LABEL}
@@ -115,7 +118,14 @@ def resolve_models(cfg: EvaluateConfig, reporter: Reporter) -> list[ModelSpec]:
             reporter.warn(f"--adapter {run.root} was trained on {run.base_model!r} but is applied to --model {base!r}.")
         label = _unique_label(run.root.resolve().name, taken)
         taken.add(label)
-        specs.append(ModelSpec(label=label, model=base, adapters=tuple(p.resolve() for p in run.adapter_chain()), run=run.root.resolve()))
+        specs.append(
+            ModelSpec(
+                label=label,
+                model=base,
+                adapters=tuple(p.resolve() for p in run.adapter_chain()),
+                run=run.root.resolve(),
+            )
+        )
     return specs
 
 
@@ -140,7 +150,10 @@ def check_adapters(specs: Sequence[ModelSpec], cfg: EvaluateConfig) -> None:
 def _check_images(data: Any, part: str, names: Iterable[str]) -> None:
     missing = [name for name in dict.fromkeys(names) if not data.resolve_image(part, name).is_file()]
     if missing:
-        raise DataError(f"--data {data.root}: {len(missing)} {part} image(s) missing under {data.image_root(part)} (first: {missing[0]}); fix the image root or re-run `seed prepare`.")
+        raise DataError(
+            f"--data {data.root}: {len(missing)} {part} image(s) missing under {data.image_root(part)} "
+            f"(first: {missing[0]}); fix the image root or re-run `seed prepare`."
+        )
 
 
 def load_items(cfg: EvaluateConfig, reporter: Reporter) -> tuple[Any, Items]:
@@ -228,7 +241,10 @@ def _open_out(out: Path, settings: dict[str, Any]) -> None:
         previous = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         if changed:
-            raise ConfigError(f"--out {out} holds results made with different settings ({', '.join(changed)}); rerun with the same settings to resume, or choose another --out.")
+            raise ConfigError(
+                f"--out {out} holds results made with different settings ({', '.join(changed)}); "
+                "rerun with the same settings to resume, or choose another --out."
+            )
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not a seed evaluate results directory; choose another path.")
@@ -253,7 +269,13 @@ def _read_samples(path: Path, reporter: Reporter) -> list[dict[str, Any]]:
 def _load_base(model: str, cfg: EvaluateConfig) -> Any:
     from seedcli.models.loading import load
 
-    return load(model, dtype=cfg.dtype, device=cfg.device, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code)
+    return load(
+        model,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        quantization=cfg.quantization,
+        trust_remote_code=cfg.trust_remote_code,
+    )
 
 
 def _release() -> None:
@@ -264,7 +286,14 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def _pope_rows(spec: ModelSpec, split: str, seed: int, questions: Sequence[dict[str, Any]], prompts: Sequence[str], outputs: Sequence[Any]) -> list[dict[str, Any]]:
+def _pope_rows(
+    spec: ModelSpec,
+    split: str,
+    seed: int,
+    questions: Sequence[dict[str, Any]],
+    prompts: Sequence[str],
+    outputs: Sequence[Any],
+) -> list[dict[str, Any]]:
     from seedcli.evals.pope_scoring import parse_official, parse_robust
 
     rows = []
@@ -294,7 +323,9 @@ def _pope_rows(spec: ModelSpec, split: str, seed: int, questions: Sequence[dict[
     return rows
 
 
-def _chair_rows(spec: ModelSpec, seed: int, images: Sequence[dict[str, Any]], prompt: str, captions: Sequence[str]) -> list[dict[str, Any]]:
+def _chair_rows(
+    spec: ModelSpec, seed: int, images: Sequence[dict[str, Any]], prompt: str, captions: Sequence[str]
+) -> list[dict[str, Any]]:
     from seedcli.evals.chair import caption_objects
 
     rows = []
@@ -445,7 +476,18 @@ def _sample_files(out: Path) -> list[Path]:
     return [p for p in [out / SAMPLES, *sorted(out.glob(SHARD_GLOB))] if p.is_file()]
 
 
-def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, items: Items, samples: Path, reporter: Reporter, *, rank: int = 0, world: int = 1, barrier: Any = None) -> list[dict[str, str]]:
+def _generate_all(
+    cfg: EvaluateConfig,
+    specs: Sequence[ModelSpec],
+    data: Any,
+    items: Items,
+    samples: Path,
+    reporter: Reporter,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Any = None,
+) -> list[dict[str, str]]:
     """Run every pending part for every model; failures are recorded and the rest goes on.
 
     With `world` processes, each takes a contiguous shard of every part's pending items and appends
@@ -469,11 +511,27 @@ def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, it
     for spec in specs:
         todo = []
         for part in parts:
-            pending = [item for item in part.items if _key({"model": spec.label, "benchmark": part.benchmark, "split": part.split, "seed": part.decoding.seed, "id": _item_id(part, item)}) not in done]
+            pending = [
+                item
+                for item in part.items
+                if _key(
+                    {
+                        "model": spec.label,
+                        "benchmark": part.benchmark,
+                        "split": part.split,
+                        "seed": part.decoding.seed,
+                        "id": _item_id(part, item),
+                    }
+                )
+                not in done
+            ]
             skipped = len(part.items) - len(pending)
             pending = shard(pending, rank, world)
             if skipped:
-                reporter.info(f"{spec.label} {part.name} seed {part.decoding.seed}: {skipped} finished item(s) in {samples.name} skipped")
+                reporter.info(
+                    f"{spec.label} {part.name} seed {part.decoding.seed}: "
+                    f"{skipped} finished item(s) in {samples.name} skipped"
+                )
             if pending:
                 todo.append((part, pending))
         if not todo:
@@ -493,7 +551,14 @@ def _generate_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], data: Any, it
         except Exception as exc:  # noqa: BLE001 - one model failing must not stop the others
             loaded, pristine = None, False
             for part, _ in todo:
-                errors.append({"model": spec.label, "part": part.name, "seed": str(part.decoding.seed), "error": f"{type(exc).__name__}: {exc}"})
+                errors.append(
+                    {
+                        "model": spec.label,
+                        "part": part.name,
+                        "seed": str(part.decoding.seed),
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
             reporter.warn(f"{spec.label}: cannot load the model ({type(exc).__name__}: {exc}); its parts are skipped.")
             continue
         for job in _jobs(todo):
@@ -522,7 +587,15 @@ def _merge_shards(out: Path, specs: Sequence[ModelSpec], parts: list[_Part]) -> 
     for spec in specs:
         for part in parts:
             for item in part.items:
-                key = _key({"model": spec.label, "benchmark": part.benchmark, "split": part.split, "seed": part.decoding.seed, "id": _item_id(part, item)})
+                key = _key(
+                    {
+                        "model": spec.label,
+                        "benchmark": part.benchmark,
+                        "split": part.split,
+                        "seed": part.decoding.seed,
+                        "id": _item_id(part, item),
+                    }
+                )
                 order.setdefault(key, len(order))
     shards = sorted(out.glob(SHARD_GLOB))
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -555,13 +628,21 @@ def _pope_block(per_seed: list[dict[str, Any]], n_questions: int) -> dict[str, A
     return block
 
 
-def score_pope_rows(questions: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], seed: Any, reporter: Reporter | None = None) -> dict[str, Any]:
+def score_pope_rows(
+    questions: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], seed: Any, reporter: Reporter | None = None
+) -> dict[str, Any]:
     """POPE metrics of one model, split and seed from its sample rows (joined by question_id)."""
     from seedcli.evals.pope_scoring import score_pope
 
     answers = [{"question_id": r["id"], "text": r["output"]} for r in rows]
     scored = score_pope(questions, answers, reporter=reporter)
-    return {"seed": seed, "official": scored["official"], "robust": scored["robust"], "n_unreadable": scored["n_unreadable"], "unreadable_ids": scored["unreadable_ids"]}
+    return {
+        "seed": seed,
+        "official": scored["official"],
+        "robust": scored["robust"],
+        "n_unreadable": scored["n_unreadable"],
+        "unreadable_ids": scored["unreadable_ids"],
+    }
 
 
 def _chair_block(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -573,7 +654,9 @@ def _chair_block(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return block
 
 
-def score_chair_rows(rows: Sequence[dict[str, Any]], gt: dict[str, list[str]], seed: Any, bootstrap: int, bootstrap_seed: int) -> dict[str, Any]:
+def score_chair_rows(
+    rows: Sequence[dict[str, Any]], gt: dict[str, list[str]], seed: Any, bootstrap: int, bootstrap_seed: int
+) -> dict[str, Any]:
     """CHAIR metrics of one model and seed from its caption rows (ground truth by image_id)."""
     from seedcli.evals.chair import chair_metrics
 
@@ -592,7 +675,14 @@ def _rows_by(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str], 
     return grouped
 
 
-def _score_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], items: Items, rows: list[dict[str, Any]], errors: list[dict[str, str]], reporter: Reporter) -> dict[str, Any]:
+def _score_all(
+    cfg: EvaluateConfig,
+    specs: Sequence[ModelSpec],
+    items: Items,
+    rows: list[dict[str, Any]],
+    errors: list[dict[str, str]],
+    reporter: Reporter,
+) -> dict[str, Any]:
     grouped = _rows_by(rows)
     parts = _parts(cfg, items)
     pope: dict[str, Any] = {}
@@ -611,7 +701,9 @@ def _score_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], items: Items, ro
                 pope.setdefault(spec.label, {})[split] = _pope_block(per_seed, len(questions))
         if spec.label in pope and len(pope[spec.label]) > 1:
             splits = [pope[spec.label][s] for s in items.pope if s in pope[spec.label]]
-            pope[spec.label]["average"] = {parser: {k: statistics.fmean(b[parser][k] for b in splits) for k in POPE_RATES} for parser in PARSERS}
+            pope[spec.label]["average"] = {
+                parser: {k: statistics.fmean(b[parser][k] for b in splits) for k in POPE_RATES} for parser in PARSERS
+            }
         if items.chair:
             ids = [str(r["image_id"]) for r in items.chair]
             per_seed = []
@@ -619,7 +711,9 @@ def _score_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], items: Items, ro
                 got = grouped.get((spec.label, "chair", "None", str(part.decoding.seed)), {})
                 if any(i not in got for i in ids):
                     continue
-                per_seed.append(score_chair_rows([got[i] for i in ids], gt, part.decoding.seed, cfg.bootstrap, cfg.seed))
+                per_seed.append(
+                    score_chair_rows([got[i] for i in ids], gt, part.decoding.seed, cfg.bootstrap, cfg.seed)
+                )
             if per_seed:
                 chair[spec.label] = _chair_block(per_seed)
     expected = {(s.label, p.name, str(p.decoding.seed)) for s in specs for p in parts}
@@ -628,7 +722,9 @@ def _score_all(cfg: EvaluateConfig, specs: Sequence[ModelSpec], items: Items, ro
         benchmark, _, split = part_name.partition(" ")
         scored = pope.get(label, {}).get(split) if benchmark == "pope" else chair.get(label)
         if scored is None or int(seed) not in scored["seeds"]:
-            errors.append({"model": label, "part": part_name, "seed": seed, "error": "no complete set of samples to score"})
+            errors.append(
+                {"model": label, "part": part_name, "seed": seed, "error": "no complete set of samples to score"}
+            )
     return {"pope": pope, "chair": chair, "comparisons": _comparisons(specs, items, pope, chair, grouped, parts)}
 
 
@@ -636,7 +732,14 @@ def _delta(new: dict[str, float], old: dict[str, float], keys: Sequence[str]) ->
     return {k: new[k] - old[k] for k in keys}
 
 
-def _comparisons(specs: Sequence[ModelSpec], items: Items, pope: dict[str, Any], chair: dict[str, Any], grouped: dict[Any, Any], parts: list[_Part]) -> dict[str, Any]:
+def _comparisons(
+    specs: Sequence[ModelSpec],
+    items: Items,
+    pope: dict[str, Any],
+    chair: dict[str, Any],
+    grouped: dict[Any, Any],
+    parts: list[_Part],
+) -> dict[str, Any]:
     """Each adapter model against the base: metric deltas and exact McNemar per split and seed."""
     from seedcli.evals.stats import paired_mcnemar
 
@@ -655,9 +758,17 @@ def _comparisons(specs: Sequence[ModelSpec], items: Items, pope: dict[str, Any],
                 for parser, field in (("official", "correct"), ("robust", "correct_robust")):
                     result = paired_mcnemar([bool(a[i][field]) for i in ids], [bool(b[i][field]) for i in ids])
                     tests[parser].append({"seed": seed, **result})
-            entry["pope"][split] = {"delta": {parser: _delta(new[parser], old[parser], POPE_RATES) for parser in PARSERS}, "mcnemar": tests}
+            entry["pope"][split] = {
+                "delta": {parser: _delta(new[parser], old[parser], POPE_RATES) for parser in PARSERS},
+                "mcnemar": tests,
+            }
         if "average" in pope.get(spec.label, {}) and "average" in pope.get(BASE_LABEL, {}):
-            entry["pope"]["average"] = {"delta": {parser: _delta(pope[spec.label]["average"][parser], pope[BASE_LABEL]["average"][parser], POPE_RATES) for parser in PARSERS}}
+            entry["pope"]["average"] = {
+                "delta": {
+                    parser: _delta(pope[spec.label]["average"][parser], pope[BASE_LABEL]["average"][parser], POPE_RATES)
+                    for parser in PARSERS
+                }
+            }
         if spec.label in chair and BASE_LABEL in chair:
             entry["chair"] = {"delta": _delta(chair[spec.label], chair[BASE_LABEL], CHAIR_RATES)}
         out[spec.label] = entry
@@ -673,7 +784,9 @@ def _sha256(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
-def _identities(cfg: EvaluateConfig, specs: Sequence[ModelSpec], items: Items) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _identities(
+    cfg: EvaluateConfig, specs: Sequence[ModelSpec], items: Items
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Model/adapter identities, and the exact prompts and chat template (from the base processor)."""
     from seedcli.models.families import family_for, resolve
     from seedcli.models.loading import load_processor, model_config
@@ -697,7 +810,11 @@ def _identities(cfg: EvaluateConfig, specs: Sequence[ModelSpec], items: Items) -
     prompts: dict[str, Any] = {"chat_template": chat_template(processor)}
     if items.pope:
         first = next(iter(items.pope.values()))[0]["text"]
-        prompts["pope"] = {"suffix": suffix, "example": pope_prompt(first, suffix), "rendered": render_prompt(processor, family, pope_prompt(first, suffix))}
+        prompts["pope"] = {
+            "suffix": suffix,
+            "example": pope_prompt(first, suffix),
+            "rendered": render_prompt(processor, family, pope_prompt(first, suffix)),
+        }
     if items.chair:
         prompts["chair"] = {"prompt": cfg.chair_prompt, "rendered": render_prompt(processor, family, cfg.chair_prompt)}
     if cfg.pope_scoring == "logits":
@@ -709,7 +826,9 @@ def _identities(cfg: EvaluateConfig, specs: Sequence[ModelSpec], items: Items) -
 
 def _decoding_record(cfg: EvaluateConfig) -> dict[str, Any]:
     return {
-        "pope": [dataclasses.asdict(d) for d in decodings(cfg, cfg.max_new_tokens)] if cfg.pope and cfg.pope_scoring == "generate" else None,
+        "pope": [dataclasses.asdict(d) for d in decodings(cfg, cfg.max_new_tokens)]
+        if cfg.pope and cfg.pope_scoring == "generate"
+        else None,
         "chair": [dataclasses.asdict(d) for d in decodings(cfg, cfg.max_new_tokens_chair)] if cfg.chair else None,
     }
 
@@ -746,12 +865,23 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     settings = _settings(cfg, specs)
     from seedcli import distributed
 
-    collective = distributed.join(device=cfg.device, processes=cfg.processes, timeout_s=cfg.timeout_s, master_port=cfg.master_port)
+    collective = distributed.join(
+        device=cfg.device, processes=cfg.processes, timeout_s=cfg.timeout_s, master_port=cfg.master_port
+    )
     rank, world = (collective.rank, collective.world) if collective is not None else (0, 1)
     barrier = (lambda: collective.any_flag(False)) if collective is not None else None
     if rank == 0:
         _open_out(out, settings)
-        reporter.log({"protocol": protocol_label(cfg), "models": ",".join(s.label for s in specs), "pope": ",".join(items.pope) or "-", "chair_images": len(items.chair), "out": str(out), "processes": world})
+        reporter.log(
+            {
+                "protocol": protocol_label(cfg),
+                "models": ",".join(s.label for s in specs),
+                "pope": ",".join(items.pope) or "-",
+                "chair_images": len(items.chair),
+                "out": str(out),
+                "processes": world,
+            }
+        )
     else:
         reporter = distributed.RankReporter(reporter, rank)
     samples = out / SAMPLES
@@ -773,11 +903,21 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> dict[str, Any]:
         {
             "ok": not errors,
             "errors": errors,
-            "protocol": {"label": protocol_label(cfg), "name": cfg.protocol, "decode": cfg.decode, "pope_scoring": cfg.pope_scoring, "decoding": _decoding_record(cfg)},
+            "protocol": {
+                "label": protocol_label(cfg),
+                "name": cfg.protocol,
+                "decode": cfg.decode,
+                "pope_scoring": cfg.pope_scoring,
+                "decoding": _decoding_record(cfg),
+            },
             "settings": settings,
             "prompts": prompts,
             "models": models,
-            "data": {"path": str(Path(cfg.data).resolve()), "pope": {s: len(q) for s, q in items.pope.items()}, "chair_images": len(items.chair)},
+            "data": {
+                "path": str(Path(cfg.data).resolve()),
+                "pope": {s: len(q) for s, q in items.pope.items()},
+                "chair_images": len(items.chair),
+            },
             **scores,
         }
     )
@@ -791,7 +931,7 @@ def _read_captions(path: Path) -> list[dict[str, Any]]:
     rows = atomic.read_jsonl(path)
     for number, row in enumerate(rows, start=1):
         if "image_id" not in row or not isinstance(row.get("caption"), str):
-            raise DataError(f"--captions {path}: caption {number} needs \"image_id\" and a string \"caption\".")
+            raise DataError(f'--captions {path}: caption {number} needs "image_id" and a string "caption".')
     if not rows:
         raise DataError(f"--captions {path}: contains no captions.")
     return rows
@@ -805,7 +945,9 @@ def _chair_ground_truth(cfg: EvaluateConfig) -> dict[str, list[str]]:
 
         instances = coco.load_instances(Path(cfg.coco_annotations) / "instances_val2014.json")
         captions = coco.load_captions(Path(cfg.coco_annotations) / "captions_val2014.json")
-        return {str(i): ground_truth_objects(instances.objects.get(i, ()), captions.get(i, ())) for i in instances.images}
+        return {
+            str(i): ground_truth_objects(instances.objects.get(i, ()), captions.get(i, ())) for i in instances.images
+        }
     from seedcli.data.datadir import open_data_dir
 
     return {str(r["image_id"]): list(r["objects"]) for r in open_data_dir(cfg.data).chair_images()}
@@ -824,11 +966,28 @@ def score_only(cfg: EvaluateConfig, out: Path, reporter: Reporter) -> dict[str, 
         label, split = Path(cfg.answers).name, Path(cfg.pope_file).name
         scored = score_pope(questions, answers, reporter=reporter)
         records = scored["records"]
-        per_seed = {"seed": None, "official": scored["official"], "robust": scored["robust"], "n_unreadable": scored["n_unreadable"], "unreadable_ids": scored["unreadable_ids"]}
+        per_seed = {
+            "seed": None,
+            "official": scored["official"],
+            "robust": scored["robust"],
+            "n_unreadable": scored["n_unreadable"],
+            "unreadable_ids": scored["unreadable_ids"],
+        }
         pope[label] = {split: _pope_block([per_seed], len(questions))}
         rows += [
-            {"model": label, "benchmark": "pope", "split": split, "seed": None, "id": r["question_id"], "input": None, "output": r["answer"],
-             "parsed": {"official": r["official"], "robust": r["robust"]}, "label": r["label"], "correct": r["official_correct"], "correct_robust": r["robust_correct"]}
+            {
+                "model": label,
+                "benchmark": "pope",
+                "split": split,
+                "seed": None,
+                "id": r["question_id"],
+                "input": None,
+                "output": r["answer"],
+                "parsed": {"official": r["official"], "robust": r["robust"]},
+                "label": r["label"],
+                "correct": r["official_correct"],
+                "correct_robust": r["robust_correct"],
+            }
             for r in records
         ]
     if cfg.captions is not None:
@@ -837,16 +996,48 @@ def score_only(cfg: EvaluateConfig, out: Path, reporter: Reporter) -> dict[str, 
         unknown = [c["image_id"] for c in captions if str(c["image_id"]) not in gt]
         if unknown:
             source = f"--coco-annotations {cfg.coco_annotations}" if cfg.coco_annotations else f"--data {cfg.data}"
-            raise DataError(f"--captions {cfg.captions}: {len(unknown)} image_id(s) have no ground truth in {source} (e.g. {unknown[0]!r}).")
+            raise DataError(
+                f"--captions {cfg.captions}: {len(unknown)} image_id(s) have no ground truth in {source} "
+                f"(e.g. {unknown[0]!r})."
+            )
         label = Path(cfg.captions).name
         caption_rows = [{"id": c["image_id"], "output": c["caption"]} for c in captions]
         chair[label] = _chair_block([score_chair_rows(caption_rows, gt, None, cfg.bootstrap, cfg.seed)])
-        rows += [{"model": label, "benchmark": "chair", "split": None, "seed": None, "id": c["image_id"], "input": None, "output": c["caption"], "label": gt[str(c["image_id"])]} for c in captions]
-    settings = {"mode": "score-only", "pope_file": str(cfg.pope_file), "answers": str(cfg.answers), "captions": str(cfg.captions), "coco_annotations": str(cfg.coco_annotations), "data": str(cfg.data)}
+        rows += [
+            {
+                "model": label,
+                "benchmark": "chair",
+                "split": None,
+                "seed": None,
+                "id": c["image_id"],
+                "input": None,
+                "output": c["caption"],
+                "label": gt[str(c["image_id"])],
+            }
+            for c in captions
+        ]
+    settings = {
+        "mode": "score-only",
+        "pope_file": str(cfg.pope_file),
+        "answers": str(cfg.answers),
+        "captions": str(cfg.captions),
+        "coco_annotations": str(cfg.coco_annotations),
+        "data": str(cfg.data),
+    }
     _open_out(out, settings)
     atomic.write_jsonl(out / SAMPLES, rows)
     results = _envelope(cfg, out, "score-only")
-    results.update({"protocol": None, "settings": settings, "prompts": None, "models": [], "pope": pope, "chair": chair, "comparisons": {}})
+    results.update(
+        {
+            "protocol": None,
+            "settings": settings,
+            "prompts": None,
+            "models": [],
+            "pope": pope,
+            "chair": chair,
+            "comparisons": {},
+        }
+    )
     atomic.write_json(out / RESULTS, results)
     return results
 
@@ -859,8 +1050,20 @@ def _pct(value: float, spread: float | None = None) -> str:
     return text + (f" ±{100 * spread:.2f}" if spread else "")
 
 
-POPE_ROWS = (("accuracy", "official", "acc"), ("precision", "official", "prec"), ("recall", "official", "rec"), ("f1", "official", "F1"), ("yes_ratio", "official", "yes"), ("f1", "robust", "F1 robust"))
-CHAIR_ROWS = (("chair_s_pct", "CHAIR_s"), ("chair_i_pct", "CHAIR_i"), ("recall_pct", "recall"), ("mean_length_words", "words"))
+POPE_ROWS = (
+    ("accuracy", "official", "acc"),
+    ("precision", "official", "prec"),
+    ("recall", "official", "rec"),
+    ("f1", "official", "F1"),
+    ("yes_ratio", "official", "yes"),
+    ("f1", "robust", "F1 robust"),
+)
+CHAIR_ROWS = (
+    ("chair_s_pct", "CHAIR_s"),
+    ("chair_i_pct", "CHAIR_i"),
+    ("recall_pct", "recall"),
+    ("mean_length_words", "words"),
+)
 
 
 def summary_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -879,10 +1082,19 @@ def summary_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[l
             cells = [_pct(b[parser][key], b["spread"][parser][key]) if b else "" for b in present]
             deltas = [comparisons[a]["pope"].get(split, {}).get("delta", {}).get(parser, {}).get(key) for a in adapters]
             rows.append([split, name, *cells, *(f"{100 * d:+.2f}" if d is not None else "" for d in deltas)])
-        rows.append([split, "unreadable", *(f"{b['n_unreadable']:g}" if b else "" for b in present), *([""] * len(adapters))])
+        rows.append(
+            [split, "unreadable", *(f"{b['n_unreadable']:g}" if b else "" for b in present), *([""] * len(adapters))]
+        )
         tests = [comparisons[a]["pope"].get(split, {}).get("mcnemar", {}).get("official") for a in adapters]
         if adapters:
-            rows.append([split, "McNemar p", *([""] * len(labels)), *(", ".join(f"{t['p_value']:.3g}" for t in ts) if ts else "" for ts in tests)])
+            rows.append(
+                [
+                    split,
+                    "McNemar p",
+                    *([""] * len(labels)),
+                    *(", ".join(f"{t['p_value']:.3g}" for t in ts) if ts else "" for ts in tests),
+                ]
+            )
     if rows:
         tables.append((f"POPE ({protocol}), %", ["split", "metric", *labels, *(f"Δ {a}" for a in adapters)], rows))
     chair = results.get("chair") or {}
@@ -890,7 +1102,10 @@ def summary_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[l
     adapters = [label for label in labels if (comparisons.get(label) or {}).get("chair")]
     rows = []
     for key, name in CHAIR_ROWS:
-        cells = [f"{chair[label][key]:.2f}" + (f" ±{chair[label]['spread'][key]:.2f}" if chair[label]["spread"][key] else "") for label in labels]
+        cells = [
+            f"{chair[label][key]:.2f}" + (f" ±{chair[label]['spread'][key]:.2f}" if chair[label]["spread"][key] else "")
+            for label in labels
+        ]
         rows.append([name, *cells, *(f"{comparisons[a]['chair']['delta'][key]:+.2f}" for a in adapters)])
     if labels:
         tables.append((f"CHAIR ({protocol})", ["metric", *labels, *(f"Δ {a}" for a in adapters)], rows))

@@ -112,11 +112,16 @@ def resolve(name: str) -> ModelRef:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelError(f"--model {name}: the directory has no config.json; is it a model directory (a run directory goes to --adapter)?")
+            raise ModelError(
+                f"--model {name}: the directory has no config.json; "
+                "is it a model directory (a run directory goes to --adapter)?"
+            )
         return ModelRef(name=name, source=str(path.resolve()), kind="local")
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         known = ", ".join([*ALIASES, *TINY_MODELS])
-        raise ModelError(f"--model {name!r} is neither an existing directory, a hub id (owner/name) nor an alias ({known}).")
+        raise ModelError(
+            f"--model {name!r} is neither an existing directory, a hub id (owner/name) nor an alias ({known})."
+        )
     return ModelRef(name=name, source=name, kind="hub")
 
 
