@@ -23,20 +23,28 @@ QUESTIONS = [
 COLORS = [(200, 30, 30), (10, 200, 10), (10, 10, 200)]
 
 
-def _items() -> tuple[list[str], list[Image.Image]]:
+def _items(sizes: tuple[tuple[int, int], ...] = ((40, 40),) * 3) -> tuple[list[str], list[Image.Image]]:
     """Every question about every image, interleaved, with one exact repeat (image 0, question 0) at the end."""
-    images = [Image.new("RGB", (40, 40), color) for color in COLORS]
+    images = [Image.new("RGB", size, color) for size, color in zip(sizes, COLORS)]
     for i, image in enumerate(images):
         image.paste((255 - COLORS[i][0], 60 * i, 0), (4 * i, 4, 20 + 3 * i, 30))
     pairs = [(q, image) for q in QUESTIONS for image in images] + [(QUESTIONS[0], images[0])]
     return [p for p, _ in pairs], [i for _, i in pairs]
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_qwen"])
-def test_shared_prefix_logits_and_steps_equal_a_full_prefill(fixture: str, request) -> None:
+@pytest.mark.parametrize(
+    ("fixture", "sizes"),
+    [
+        ("tiny_llava", ((40, 40),) * 3),
+        ("tiny_qwen", ((40, 40),) * 3),
+        # Qwen2-VL gives each image as many tokens as its size needs: prefixes of different lengths in one batch.
+        ("tiny_qwen", ((40, 40), (84, 56), (56, 112))),
+    ],
+)
+def test_shared_prefix_logits_and_steps_equal_a_full_prefill(fixture: str, sizes, request) -> None:
     """Same logits after the prompt and after two fed tokens: the cache copies and positions are right."""
     loaded = request.getfixturevalue(fixture)
-    prompts, images = _items()
+    prompts, images = _items(sizes)
     encoded = [encode_prompt(loaded.processor, loaded.family, p, i) for p, i in zip(prompts, images)]
     pad = loaded.processor.tokenizer.pad_token_id
     fed = torch.tensor([[7, 9]] * len(encoded))
