@@ -237,7 +237,7 @@ def test_evaluate_disk_full_mid_run_stops_with_exit_5_and_stays_resumable(shared
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     with pytest.MonkeyPatch.context() as patched:
-        patched.setattr(runner, "_append", full)
+        patched.setattr(runner.atomic, "append_jsonl_rows", full)  # how the runner appends a batch of answers
         code, out_text, err = run_cli(args, capsys)
     assert code == 5, err
     assert "Traceback" not in out_text + err and "disk full" in err
