@@ -10,11 +10,13 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from seedcli.config.base import field_types, flag_name
+from seedcli.config.files import read_config_file, to_yaml
 from seedcli.errors import ConfigError
 
 
@@ -84,17 +86,23 @@ COMMAND_CONFIGS: dict[str, type] = {}
 # Config fields the user set explicitly (flag or environment) for the command now running.
 _GIVEN: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("seedcli_given", default=frozenset())
 _CTX = "seedcli_ctx"
+_CONFIG_FILE = "seedcli_config_file"
+_PRINT_CONFIG = "seedcli_print_config"
 
 
-def _record_given(ctx: typer.Context, names: set[str]) -> None:
-    """Tell explicitly given fields from defaults through the command-line parser, not by comparing values."""
+def _record_given(ctx: typer.Context, names: set[str], from_file: frozenset[str] = frozenset()) -> frozenset[str]:
+    """Tell explicitly given fields from defaults through the command-line parser, not by comparing values.
+
+    Keys of a `--config` file count as given too; returns the fields given on the command line itself.
+    """
     defaults = {"DEFAULT", "DEFAULT_MAP"}
     explicit = set()
     for name in names:
         source = ctx.get_parameter_source(name)
         if source is not None and source.name not in defaults:
             explicit.add(name)
-    _GIVEN.set(frozenset(explicit))
+    _GIVEN.set(frozenset(explicit | set(from_file)))
+    return frozenset(explicit)
 
 
 def given_fields() -> frozenset[str]:
@@ -123,18 +131,41 @@ def config_command(
     def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(body)
         def command(**kwargs: Any) -> Any:
-            _record_given(kwargs.pop(_CTX), names)
+            config_file, print_config = kwargs.pop(_CONFIG_FILE), kwargs.pop(_PRINT_CONFIG)
+            from_file = read_config_file(config_file, cfg_cls, name) if config_file is not None else {}
+            on_command_line = _record_given(kwargs.pop(_CTX), names, frozenset(from_file))
             values = {f.name: _convert(f, hints[f.name], kwargs[f.name]) for f in fields}
+            # Flags given on the command line override the file; the file overrides defaults.
+            values.update({key: value for key, value in from_file.items() if key not in on_command_line})
             cfg = cfg_cls(**values)
+            if print_config:
+                typer.echo(to_yaml(cfg), nl=False)
+                return None
             return body(cfg, **{k: v for k, v in kwargs.items() if k not in names})
 
         ctx = inspect.Parameter(_CTX, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-        command.__signature__ = inspect.Signature([*params, *extra, ctx])  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in (*params, *extra, ctx)}
+        own = (*extra, *_config_file_options())
+        command.__signature__ = inspect.Signature([*params, *own, ctx])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in (*params, *own, ctx)}
         app.command(name=name, help=help, epilog=epilog)(command)
         return command
 
     return decorate
+
+
+def _config_file_options() -> tuple[inspect.Parameter, inspect.Parameter]:
+    """`--config FILE` and `--print-config`, shared by every generated command."""
+    config_file = typer.Option(
+        None,
+        "--config",
+        help="Read settings from a YAML or JSON file (keys = the config fields; a run's config.json works). "
+        "Flags given on the command line override it.",
+    )
+    print_config = typer.Option(False, "--print-config", help="Print the resolved config as YAML and exit.")
+    return (
+        inspect.Parameter(_CONFIG_FILE, inspect.Parameter.KEYWORD_ONLY, default=config_file, annotation=Path | None),
+        inspect.Parameter(_PRINT_CONFIG, inspect.Parameter.KEYWORD_ONLY, default=print_config, annotation=bool),
+    )
 
 
 def json_option() -> inspect.Parameter:
