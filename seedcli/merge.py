@@ -385,7 +385,9 @@ def merge(cfg: MergeConfig, reporter: Reporter) -> dict[str, Any]:
             reporter.warn(f"the adapter moves the probe logits by only {verification['adapter_effect']:.3g}, within the {dtype} tolerance; the check cannot tell merged from base (use --dtype fp32 for a sharper check).")
         base_hub_id = ref.source if ref.kind in ("hub", "alias") else None
         card = model_card(source, base_hub_id=base_hub_id, dtype=dtype, verification=verification, processor_class=processor_class, date=date)
-        atomic.write_text(stage / "README.md", card)
+        from seedcli.cards import enrich_merged_card
+
+        atomic.write_text(stage / "README.md", enrich_merged_card(card, source.root if source.kind == "run" else None))
         files = sorted(p.name for p in stage.iterdir())
     return {
         "status": "merged",

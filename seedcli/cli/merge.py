@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 from seedcli.cli.app import app
 from seedcli.cli.options import config_command, json_option
@@ -21,7 +23,17 @@ def merge(cfg: MergeConfig, as_json: bool) -> None:
     from seedcli.cli.render import make_reporter, print_table
     from seedcli.merge import merge as run_merge
 
+    if cfg.push_to_hub:
+        from seedcli.hub import check_push
+
+        check_push(cfg.push_to_hub)
     summary = run_merge(cfg, make_reporter(as_json))
+    if cfg.push_to_hub and summary["status"] == "merged":
+        from seedcli.hub import push
+
+        message = f"SEED model merged by seedcli from {summary['source']}"
+        summary["pushed_to"] = push(Path(summary["out"]), cfg.push_to_hub, message=message)
+        print(f"uploaded to the hub: {summary['pushed_to']}", file=sys.stderr)
     if as_json:
         print(json.dumps(summary, indent=2))
         return

@@ -33,6 +33,12 @@ class MergeConfig:
     model: str | None = option(None, "Base model of a PEFT adapter directory made by another tool (alias, hub id, local directory); for a run directory it replaces the recorded base (e.g. a local copy).", panel=INPUT)
     dequantize: bool = option(False, "Merge an adapter trained on a 4/8-bit base: load the base as trained, dequantize it to --dtype, then merge.", panel=MODEL)
     trust_remote_code: bool = option(False, "Allow custom model code from the checkpoint (only if you trust it).", panel=MODEL)
+    push_to_hub: str | None = option(
+        None,
+        "After merging, upload --out and its model card to this Hugging Face Hub repo (user/name); "
+        "needs a login (hf auth login or HF_TOKEN) and network.",
+        panel=OUTPUT,
+    )
     max_shard_size: str = option("5GB", "Largest safetensors shard (transformers size string, e.g. 5GB, 500MB).", panel=OUTPUT)
 
     def __post_init__(self) -> None:
