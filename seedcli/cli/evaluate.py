@@ -42,6 +42,7 @@ def evaluate(cfg: EvaluateConfig, as_json: bool) -> None:
         raise
     if results.get("worker"):
         return  # ranks other than 0 print nothing; rank 0 prints the merged results
+    _after_evaluation(cfg, results)
     if as_json:
         print(json.dumps(results, indent=2, default=str))
     else:
@@ -52,3 +53,14 @@ def evaluate(cfg: EvaluateConfig, as_json: bool) -> None:
         print(results["out"])
     if not results["ok"]:
         raise typer.Exit(1)
+
+
+def _after_evaluation(cfg: EvaluateConfig, results: dict) -> None:
+    """Refresh the model cards of the evaluated runs; write the --html page."""
+    from seedcli.cards import record_evaluation
+
+    record_evaluation(results)
+    if cfg.html is not None:
+        from seedcli.html_report import write_evaluation_report
+
+        typer.echo(f"report: {write_evaluation_report(results, cfg.html)}", err=True)

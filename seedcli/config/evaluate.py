@@ -58,11 +58,21 @@ class EvaluateConfig:
     batch_size: int = option(8, "Questions per batch.", min=1, panel=DECODE)
 
     pope_file: Path | None = option(None, "Score-only: an official POPE question file (JSONL); needs --answers.", panel=SCORE)
-    answers: Path | None = option(None, "Score-only: answers to --pope-file, one {\"question_id\", \"text\"} per line, matched by id.", panel=SCORE)
+    answers: Path | None = option(
+        None,
+        "Score-only: answers to --pope-file, one {\"question_id\", \"text\"} per line, matched by id; "
+        "or an lmms-eval POPE sample log (samples_pope*.jsonl).",
+        panel=SCORE,
+    )
     captions: Path | None = option(None, "Score-only: captions to score with CHAIR ({\"image_id\", \"caption\"} per line).", panel=SCORE)
     coco_annotations: Path | None = option(None, "CHAIR ground truth for --captions from this COCO annotation directory (instances_val2014.json, captions_val2014.json) instead of --data.", panel=SCORE)
 
     out: Path | None = option(None, "Results directory (default: results/<UTC timestamp>); rerunning with the same --out resumes.", panel=OUTPUT)
+    html: Path | None = option(
+        None,
+        "Also write a self-contained web page: metrics, charts, McNemar tests, the questions where models disagree.",
+        panel=OUTPUT,
+    )
 
     gpus: int | None = option(None, "Shard the questions over N GPUs of this node (one process each, started through torch's elastic launcher); results equal a single-process run.", min=1, panel=DIST)
     nproc: int | None = option(None, "Shard over N processes on --device (e.g. --device cpu --nproc 2).", min=1, panel=DIST)
