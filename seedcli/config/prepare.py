@@ -47,7 +47,8 @@ class PrepareConfig:
     pope_from: Path | None = option(
         None,
         "Import official POPE files (coco_pope_{random,popular,adversarial}.json) from this directory instead of "
-        "building them; 'official' fetches the released files into --data-root/pope.",
+        "building them, or the hub's POPE parquet files (lmms-lab/POPE layout, images embedded); "
+        "'official' fetches the released files into --data-root/pope.",
         panel=EVAL,
     )
     chair: bool = option(True, "Build the CHAIR image list and ground truth; --no-chair skips it.", panel=EVAL)

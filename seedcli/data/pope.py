@@ -167,6 +167,8 @@ class PopeImport:
     splits: Mapping[str, tuple[dict[str, Any], ...]]
     report: Mapping[str, Any]
     warnings: tuple[str, ...]
+    image_root: str | None = None
+    """Where the images were written, relative to the data directory (the hub's parquet layout only)."""
 
     def image_ids(self) -> set[int]:
         """COCO ids of every image the splits ask about (names without an id are skipped)."""
@@ -200,19 +202,28 @@ def _read_split(path: Path) -> tuple[list[dict[str, Any]], int]:
     return rows, typos
 
 
-def import_pope(directory: Path, *, objects_per_image: int = OBJECTS_PER_IMAGE) -> PopeImport:
-    """Read official POPE files from `directory`, normalise them and report counts, labels and typos."""
+def import_pope(
+    directory: Path, *, objects_per_image: int = OBJECTS_PER_IMAGE, images_to: Path | None = None
+) -> PopeImport:
+    """Read official POPE files (or, with `images_to`, the hub's parquet layout) and report counts, labels and typos."""
+    from seedcli.data import pope_hub
+
     directory = Path(directory)
-    if not directory.is_dir():
+    hub = images_to is not None and pope_hub.is_hub_layout(directory)
+    if not hub and not directory.is_dir():
         raise DataError(f"--pope-from {directory}: no such directory.")
+    hub_rows, hub_files = pope_hub.read_hub_pope(directory, images_to) if hub else ({}, {})  # type: ignore[arg-type]
     splits: dict[str, tuple[dict[str, Any], ...]] = {}
     report: dict[str, Any] = {}
     warnings: list[str] = []
     image_sets: dict[str, set[str]] = {}
     expected_per_image = 2 * objects_per_image
     for split in POPE_SPLITS:
-        path = _split_file(directory, split)
-        rows, typos = _read_split(path)
+        if hub:
+            rows, typos, path = hub_rows[split], 0, Path(hub_files[split][0])
+        else:
+            path = _split_file(directory, split)
+            rows, typos = _read_split(path)
         per_image = Counter(row["image"] for row in rows)
         labels = Counter(row["label"] for row in rows)
         odd_images = sum(count != expected_per_image for count in per_image.values())
@@ -239,4 +250,5 @@ def import_pope(directory: Path, *, objects_per_image: int = OBJECTS_PER_IMAGE) 
         image_sets[split] = set(per_image)
     if len({frozenset(images) for images in image_sets.values()}) > 1:
         warnings.append("POPE: the splits do not use the same images.")
-    return PopeImport(splits=splits, report=report, warnings=tuple(warnings))
+    image_root = pope_hub.IMAGE_DIR if hub else None
+    return PopeImport(splits=splits, report=report, warnings=tuple(warnings), image_root=image_root)

@@ -21,6 +21,7 @@ from seedcli.config.base import to_dict
 from seedcli.config.prepare import DEFAULT_TRAIN_IMAGE_DIRS, PrepareConfig
 from seedcli.data import chair_gt, coco, fetch, instruct, pope
 from seedcli.data.datadir import POPE_SPLITS, Record, sha256_file, write_manifest, write_train
+from seedcli.data.pope_hub import IMAGE_DIR, is_hub_layout
 from seedcli.errors import DataError
 from seedcli.reporting import Reporter
 
@@ -90,7 +91,7 @@ def resolve_sources(cfg: PrepareConfig) -> Sources:
         instances = _file(annotations / coco.INSTANCES_FILE, "--coco-annotations", skip)
         if cfg.chair:
             captions = _file(annotations / coco.CAPTIONS_FILE, "--coco-annotations", "CHAIR needs the reference captions; or pass --no-chair.")
-    if cfg.pope or cfg.chair:
+    if cfg.chair or (cfg.pope and not is_hub_layout(cfg.pope_from)):  # the hub's POPE parquet embeds its images
         eval_images = _directory(cfg.coco_images, "--coco-images", "pass --coco-images DIR with the COCO val2014 images, or --no-pope --no-chair.")
     return Sources(instruct_json, train_images, instances, captions, eval_images, cfg.pope_from if cfg.pope else None)
 
@@ -143,7 +144,8 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
             pope_ids, pope_names = _pope(cfg, sources, instances, stage, counts, findings, source, extra)
             eval_ids |= pope_ids
             eval_names |= pope_names
-            roots["pope"] = _stored(sources.eval_images, stage, relative)  # type: ignore[arg-type]
+            embedded = (stage / IMAGE_DIR).is_dir()  # the hub's POPE layout: images written into the data directory
+            roots["pope"] = IMAGE_DIR if embedded else _stored(sources.eval_images or Path(), stage, relative)
         if cfg.chair:
             chair_ids, chair_names = _chair(cfg, sources, instances, stage, counts, findings, source)
             eval_ids |= chair_ids
@@ -225,7 +227,7 @@ def _pope(
 ) -> tuple[set[int], set[str]]:
     """Build or import the POPE splits into `stage`; returns their image ids and names."""
     if sources.pope_from is not None:
-        imported = pope.import_pope(sources.pope_from, objects_per_image=cfg.pope_objects)
+        imported = pope.import_pope(sources.pope_from, objects_per_image=cfg.pope_objects, images_to=stage / IMAGE_DIR)
         for warning in imported.warnings:
             findings.warn(warning)
         pope.write_pope(stage, imported.splits)
@@ -241,7 +243,8 @@ def _pope(
         if unnamed:
             findings.note(f"{unnamed} imported POPE images have no COCO id in their name; the leakage guard cannot check them.")
         counts["pope_images"] = len(names)
-        return ids, names
+        # Embedded images are in the data directory, not in --coco-images.
+        return ids, names if imported.image_root is None else set()
     assert instances is not None
     built = pope.build_pope(
         instances.objects,

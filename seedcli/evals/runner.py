@@ -955,14 +955,15 @@ def _chair_ground_truth(cfg: EvaluateConfig) -> dict[str, list[str]]:
 
 def score_only(cfg: EvaluateConfig, out: Path, reporter: Reporter) -> dict[str, Any]:
     """Score answers or captions produced elsewhere; ids are matched, mismatches refused (DataError)."""
-    from seedcli.evals.pope_scoring import load_answers, load_questions, score_pope
+    from seedcli.evals.lmms_eval_logs import load_any_answers
+    from seedcli.evals.pope_scoring import load_questions, score_pope
 
     pope: dict[str, Any] = {}
     chair: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     if cfg.pope_file is not None and cfg.answers is not None:
         questions = load_questions(cfg.pope_file, reporter=reporter)
-        answers = load_answers(cfg.answers)
+        answers = load_any_answers(cfg.answers, cfg.pope_file)  # also lmms-eval sample logs
         label, split = Path(cfg.answers).name, Path(cfg.pope_file).name
         scored = score_pope(questions, answers, reporter=reporter)
         records = scored["records"]

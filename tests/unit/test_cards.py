@@ -93,7 +93,9 @@ def test_merged_card_keeps_its_marker_and_gains_the_evaluation(tmp_path):
 
     run = make_run(tmp_path, "llava-1.5-7b")
     cards.record_evaluation(results(tmp_path / "eval", run))
-    original = f"---\nlibrary_name: transformers\nbase_model: llava-hf/llava-1.5-7b-hf\ntags:\n- {CARD_TAG}\n---\n# merged\n"
+    original = (
+        f"---\nlibrary_name: transformers\nbase_model: llava-hf/llava-1.5-7b-hf\ntags:\n- {CARD_TAG}\n---\n# merged\n"
+    )
     merged = tmp_path / "merged"
     merged.mkdir()
     (merged / "README.md").write_text(cards.enrich_merged_card(original, run), encoding="utf-8")
@@ -138,7 +140,11 @@ def test_push_uploads_the_folder_through_the_api(tmp_path, monkeypatch):
     assert url.endswith("/commit/1")
     assert calls[0] == ("create_repo", "user/model", {"repo_type": "model", "exist_ok": True})
     upload = calls[1][1]
-    assert upload["folder_path"] == str(tmp_path) and upload["repo_id"] == "user/model" and "checkpoints/*" in upload["ignore_patterns"]
+    assert (
+        upload["folder_path"] == str(tmp_path)
+        and upload["repo_id"] == "user/model"
+        and "checkpoints/*" in upload["ignore_patterns"]
+    )
 
     class Offline(FakeApi):
         def create_repo(self, repo_id, **kwargs):
@@ -156,5 +162,7 @@ def test_merge_push_to_hub_fails_before_merging_when_not_logged_in(tmp_path, mon
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
-    code, out, err = run_cli(["merge", str(tmp_path), "--out", str(tmp_path / "m"), "--push-to-hub", "user/model"], capsys)
+    code, out, err = run_cli(
+        ["merge", str(tmp_path), "--out", str(tmp_path / "m"), "--push-to-hub", "user/model"], capsys
+    )
     assert code == 2 and "not logged in" in err and not (tmp_path / "m").exists()

@@ -166,11 +166,12 @@ def test_given_fields_come_from_the_parser_not_from_values(monkeypatch):
 
     seen: dict[str, frozenset[str]] = {}
 
-    def fake(cfg, reporter):
+    def fake(cfg, reporter, **kwargs):
         seen["given"] = options.given_fields()
         return {"run_dir": "x"}
 
     monkeypatch.setattr(core, "distill", fake)
+    monkeypatch.setattr(seedcli.cli.distill, "_after_training", lambda *args: None)
     result = CliRunner().invoke(app, ["distill", "--save-every", "500", "--lr", "3e-6", "--no-gradient-checkpointing"])
     assert result.exit_code == 0, result.output
     assert seen["given"] == {"save_every", "lr", "gradient_checkpointing"}

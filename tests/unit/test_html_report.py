@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from seedcli import html_report
 from tests.unit.test_cards import make_run, pope_block
@@ -33,10 +32,18 @@ def test_bar_chart_has_one_bar_per_model_and_group():
 
 def test_run_report_has_the_curves_and_the_summary(tmp_path):
     run = make_run(tmp_path, "tiny-llava")
-    rows = [{"round": 1, "step": s, "loss": 1 / s, "kl": 0.5 / s, "ce": 0.1, "beta": 0.7, "lr": 1e-3} for s in (1, 2, 3, 4)]
+    rows = [
+        {"round": 1, "step": s, "loss": 1 / s, "kl": 0.5 / s, "ce": 0.1, "beta": 0.7, "lr": 1e-3} for s in (1, 2, 3, 4)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     page = html_report.write_run_report(run).read_text(encoding="utf-8")
-    for title in ("loss (total)", "KL (distillation term)", "cross-entropy", "beta (mean purge strength)", "learning rate"):
+    for title in (
+        "loss (total)",
+        "KL (distillation term)",
+        "cross-entropy",
+        "beta (mean purge strength)",
+        "learning rate",
+    ):
         assert f'aria-label="{title}"' in page
     assert "final loss" in page and "finished" in page
     assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
@@ -55,10 +62,20 @@ def test_evaluation_report_shows_tables_charts_tests_and_disagreements(tmp_path)
     for model, outputs in (("base", ["yes", "no"]), ("seed", ["no", "no"])):
         for qid, (output, label) in enumerate(zip(outputs, ["no", "no"], strict=True), start=1):
             samples.append(
-                {"model": model, "benchmark": "pope", "split": "random", "seed": 0, "id": qid, "image": "a.png",
-                 "input": f"Is there a cat {qid}?\nAnswer.", "output": output, "parsed": {"official": output},
-                 "label": label, "correct": output == label}
-            )  # fmt: skip
+                {
+                    "model": model,
+                    "benchmark": "pope",
+                    "split": "random",
+                    "seed": 0,
+                    "id": qid,
+                    "image": "a.png",
+                    "input": f"Is there a cat {qid}?\nAnswer.",
+                    "output": output,
+                    "parsed": {"official": output},
+                    "label": label,
+                    "correct": output == label,
+                }
+            )
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
     mcnemar = {"official": [{"seed": 0, "b": 0, "c": 1, "n": 2, "p_value": 1.0}]}
     block = {**pope_block(0.5), "spread": {"official": pope_block(0)["official"], "robust": pope_block(0)["robust"]}}
@@ -70,7 +87,9 @@ def test_evaluation_report_shows_tables_charts_tests_and_disagreements(tmp_path)
         "data": {"path": str(data)},
         "pope": {"base": {"random": block}, "seed": {"random": block}},
         "chair": {},
-        "comparisons": {"seed": {"baseline": "base", "pope": {"random": {"delta": {}, "mcnemar": mcnemar}}, "chair": None}},
+        "comparisons": {
+            "seed": {"baseline": "base", "pope": {"random": {"delta": {}, "mcnemar": mcnemar}}, "chair": None}
+        },
     }
     page = html_report.write_evaluation_report(results, tmp_path / "page.html").read_text(encoding="utf-8")
     assert "POPE (greedy), %" in page and 'aria-label="POPE F1 (%)"' in page

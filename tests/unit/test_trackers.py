@@ -20,7 +20,11 @@ ROWS = [
 
 
 def run_dir(tmp_path: Path) -> Path:
-    document = {"command": "distill", "config": {"model": "tiny-llava", "lr": 1e-3}, "resolved": {"total_steps_per_round": 4}}
+    document = {
+        "command": "distill",
+        "config": {"model": "tiny-llava", "lr": 1e-3},
+        "resolved": {"total_steps_per_round": 4},
+    }
     (tmp_path / "config.json").write_text(json.dumps(document), encoding="utf-8")
     return tmp_path
 
