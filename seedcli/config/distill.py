@@ -18,6 +18,7 @@ from seedcli.core.choices import (
     QUANTIZATION,
     TEACHER_CACHE_MODES,
 )
+from seedcli.trackers import CHOICES as TRACKERS
 
 MODEL = "Model"
 DATA = "Data and output"
@@ -56,6 +57,20 @@ class DistillConfig:
     max_samples: int | None = option(None, "Train on a seeded random subset of N training records.", min=1, panel=DATA)
     resume: bool = option(False, "Continue the run in --out from its newest checkpoint.", panel=DATA)
     overwrite: bool = option(False, "Replace an existing run directory at --out.", panel=DATA)
+    report_to: tuple[str, ...] = option(
+        (),
+        "Also log the values of metrics.jsonl, the config and the summary to this experiment tracker "
+        "(local or offline unless configured otherwise; docs/tracking.md).",
+        choices=TRACKERS,
+        multiple=True,
+        panel=DATA,
+    )
+    push_to_hub: str | None = option(
+        None,
+        "After training, upload the adapter and its model card to this Hugging Face Hub repo (user/name); "
+        "needs a login (hf auth login or HF_TOKEN) and network.",
+        panel=DATA,
+    )
 
     method: str = option("seed", "seed = purify-and-distill (KL + CE); sft = the same adapter trained with CE only (baseline).", choices=("seed", "sft"), panel=TRAIN)
     epochs: int = option(1, "Passes over the training data (ignored when --max-steps is set).", min=1, panel=TRAIN)

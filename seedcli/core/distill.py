@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from seedcli import __version__, atomic, rundir
+from seedcli import __version__, atomic, rundir, trackers
 from seedcli.config.base import to_dict
 from seedcli.config.distill import DistillConfig
 from seedcli.core import checkpoint, losses, noise, purify, teacher_cache
@@ -39,6 +39,7 @@ from seedcli.reporting import Reporter
 
 # Fields that may change when resuming (they do not change what is computed).
 OPERATIONAL = ("resume", "overwrite", "out", "log_every", "save_every", "keep_checkpoints", "max_nonfinite", "gpus", "nproc", "nnodes", "node_rank", "master_addr", "master_port", "strategy", "nccl_timeout_s")
+OPERATIONAL += ("report_to", "push_to_hub")  # where results go, not what is computed
 # May change when resuming on another number of processes, as long as the global batch stays the same.
 RESHAPE = ("batch_size", "grad_accum")
 
@@ -355,25 +356,33 @@ def _create_run_dir(cfg: DistillConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def distill(cfg: DistillConfig, reporter: Reporter, *, collective: Collective | None = None) -> dict[str, Any]:
+def distill(
+    cfg: DistillConfig,
+    reporter: Reporter,
+    *,
+    collective: Collective | None = None,
+    tracker: trackers.Trackers | None = None,
+) -> dict[str, Any]:
     """Run SEED (or the SFT baseline) and write the run directory; returns summary.json's content.
 
     Without `collective`, joins the process group the launcher's environment describes (see
     seedcli.distributed) and leaves it at the end.
     """
     if collective is not None:
-        return _distill(cfg, reporter, collective)
+        return _distill(cfg, reporter, collective, tracker)
     from seedcli import distributed
 
     joined = distributed.join(device=cfg.device, processes=(cfg.gpus or cfg.nproc or 1) * cfg.nnodes, timeout_s=cfg.nccl_timeout_s, master_addr=cfg.master_addr, master_port=cfg.master_port, force=cfg.strategy == "fsdp")
     try:
-        return _distill(cfg, reporter, joined or Collective())
+        return _distill(cfg, reporter, joined or Collective(), tracker)
     finally:
         if joined is not None:
             distributed.shutdown()
 
 
-def _distill(cfg: DistillConfig, reporter: Reporter, collective: Any) -> dict[str, Any]:
+def _distill(
+    cfg: DistillConfig, reporter: Reporter, collective: Any, tracker: trackers.Trackers | None = None
+) -> dict[str, Any]:
     from seedcli import distributed
     from seedcli.environment import environment
     from seedcli.models.loading import load
@@ -444,7 +453,10 @@ def _distill(cfg: DistillConfig, reporter: Reporter, collective: Any) -> dict[st
     results: list[dict[str, Any]] = []
     for round_index in range(start_round, cfg.rounds + 1):
         resume_from = checkpoint.newest(out / rundir.CHECKPOINTS) if cfg.resume and round_index == start_round else None
-        model, result = _train_round(cfg, base, loaded, data, rows, out, round_index, total_steps, steps_per_epoch, alpha, reporter, collective, resume_from)
+        model, result = _train_round(
+            cfg, base, loaded, data, rows, out, round_index, total_steps, steps_per_epoch, alpha, reporter, collective,
+            resume_from, tracker,
+        )
         results.append(result)
         if collective.is_main and cfg.rounds > 1:
             model.save_pretrained(str(out / rundir.ROUNDS / f"round-{round_index}" / "adapter"))
@@ -490,6 +502,7 @@ def _train_round(
     reporter: Reporter,
     collective: Collective,
     resume_from: Path | None,
+    tracker: trackers.Trackers | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """One round of training: the loop, top to bottom."""
     from seedcli.models.forward import supervised_logits
@@ -662,6 +675,7 @@ def _train_round(
                 }
                 if collective.is_main:
                     atomic.append_jsonl(out / rundir.METRICS, last)
+                    trackers.log_metrics(tracker, out, last)
                     reporter.log(last)
                 stats = _Stats()
             if done % cfg.save_every == 0 and done < total_steps:
