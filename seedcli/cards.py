@@ -117,7 +117,7 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-def evaluation_section(run_dir: Path) -> str:
+def evaluation_section(run_dir: Path, subject: str = "this adapter") -> str:
     """Markdown with the newest evaluation of the run against its base, or a line saying there is none."""
     found = newest_evaluation(run_dir)
     if found is None:
@@ -141,7 +141,7 @@ def evaluation_section(run_dir: Path) -> str:
                 scored = pope.get(model, {}).get(split)
                 if scored:
                     cells = " | ".join(_pct(scored["official"].get(k)) for k in POPE_KEYS)
-                    lines.append(f"| {split} | {'this adapter' if model == label else 'base'} | {cells} |")
+                    lines.append(f"| {split} | {subject if model == label else 'base'} | {cells} |")
         lines.append("")
     chair = results.get("chair") or {}
     if label in chair:
@@ -149,7 +149,7 @@ def evaluation_section(run_dir: Path) -> str:
         for model in ("base", label):
             if model in chair:
                 cells = " | ".join(f"{chair[model][k]:.2f}" for k in CHAIR_KEYS)
-                lines.append(f"| {'this adapter' if model == label else 'base'} | {cells} |")
+                lines.append(f"| {subject if model == label else 'base'} | {cells} |")
         lines.append("")
     lines.append("POPE in percent (official parser); CHAIR_s / CHAIR_i: lower is better.")
     return "\n".join(lines) + "\n"
@@ -237,7 +237,7 @@ def enrich_merged_card(card: str, run_dir: Path | None) -> str:
     for key in ("license", "datasets"):
         if key in extra:
             setattr(parsed.data, key, extra[key])
-    parsed.text = parsed.text.rstrip() + "\n\n" + evaluation_section(run_dir)
+    parsed.text = parsed.text.rstrip() + "\n\n" + evaluation_section(run_dir, "the adapter (merged here)")
     return str(parsed)
 
 

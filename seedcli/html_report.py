@@ -92,7 +92,8 @@ def line_chart(
         return "".join(parts)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x_ticks, y_ticks = _nice_ticks(min(xs), max(xs)), _nice_ticks(min(ys), max(ys))
-    x0, x1, y0, y1 = min(x_ticks[0], min(xs)), max(x_ticks[-1], max(xs)), y_ticks[0], y_ticks[-1]
+    # The x axis ends at the last step (a round tick past it would leave an empty band); y ends on ticks.
+    x0, x1, y0, y1 = min(x_ticks[0], min(xs)), max(xs), y_ticks[0], y_ticks[-1]
 
     def sx(x: float) -> float:
         return left + (x - x0) / ((x1 - x0) or 1) * inner_w

@@ -101,7 +101,7 @@ def test_merged_card_keeps_its_marker_and_gains_the_evaluation(tmp_path):
     (merged / "README.md").write_text(cards.enrich_merged_card(original, run), encoding="utf-8")
     card = ModelCard.load(merged / "README.md")
     assert card.data.library_name == "transformers" and card.data.base_model == "llava-hf/llava-1.5-7b-hf"
-    assert "## Evaluation" in card.text and "| random | this adapter | 85.00" in card.text
+    assert "## Evaluation" in card.text and "| random | the adapter (merged here) | 85.00" in card.text
     assert merged_marker(merged) == {"source": None}
     assert cards.enrich_merged_card(original, None) == original
 
