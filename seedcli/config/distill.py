@@ -60,7 +60,7 @@ class DistillConfig:
     report_to: tuple[str, ...] = option(
         (),
         "Also log the values of metrics.jsonl, the config and the summary to this experiment tracker "
-        "(local or offline unless configured otherwise; docs/tracking.md).",
+        "(local or offline unless configured otherwise; docs/ecosystem.md).",
         choices=TRACKERS,
         multiple=True,
         panel=DATA,

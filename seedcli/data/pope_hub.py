@@ -74,6 +74,7 @@ def read_hub_pope(path: Path, images_to: Path) -> tuple[dict[str, list[dict[str,
     splits: dict[str, list[dict[str, Any]]] = {split: [] for split in POPE_SPLITS}
     sources: dict[str, list[str]] = {split: [] for split in POPE_SPLITS}
     written: dict[str, str] = {}
+    first_seen: dict[tuple[str, int], Path] = {}
     for file in files:
         for number, row in _rows(file):
             where = f"--pope-from {file} row {number + 1}"
@@ -87,6 +88,12 @@ def read_hub_pope(path: Path, images_to: Path) -> tuple[dict[str, list[dict[str,
                 question_id = int(row["question_id"])
             except (TypeError, ValueError):
                 raise DataError(f"{where}: question_id {row['question_id']!r} is not an integer.") from None
+            if (split, question_id) in first_seen:
+                raise DataError(
+                    f"{where}: question_id {question_id} of the {split} split was already read from "
+                    f"{first_seen[split, question_id]}; point --pope-from at one copy of the set (e.g. its data/)."
+                )
+            first_seen[split, question_id] = file
             image = row[IMAGE_COLUMN] or {}
             data = image.get("bytes") if isinstance(image, dict) else None
             if not data:

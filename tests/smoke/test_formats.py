@@ -149,3 +149,15 @@ def test_a_mixed_log_needs_a_split_named_question_file(tmp_path):
     with pytest.raises(DataError, match="several POPE categories"):
         read_lmms_eval_answers(log, split=None)
     assert len(read_lmms_eval_answers(log, split="popular")) == 12
+
+
+def test_two_copies_of_the_hub_set_are_refused(tmp_path):
+    from seedcli.data.pope import import_pope
+    from seedcli.errors import DataError
+
+    write_hub_pope(tmp_path / "POPE")
+    (tmp_path / "POPE" / "copy").mkdir()
+    for shard in (tmp_path / "POPE" / "data").glob("*.parquet"):
+        (tmp_path / "POPE" / "copy" / shard.name).write_bytes(shard.read_bytes())
+    with pytest.raises(DataError, match="already read from .*point --pope-from at one copy"):
+        import_pope(tmp_path / "POPE", images_to=tmp_path / "images")
