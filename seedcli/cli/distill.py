@@ -25,11 +25,17 @@ At the end it writes adapter/README.md (a model card) and report.html (training 
 @config_command(app, DistillConfig, name="distill", help=HELP, extra=(json_option(),))
 def distill(cfg: DistillConfig, as_json: bool) -> None:
     """Run the engine (relaunched in N workers when asked) and print the run directory or the summary JSON."""
-    from seedcli import distributed
+    from seedcli import distributed, trackers
     from seedcli.cli.render import make_reporter
     from seedcli.core.distill import default_out
     from seedcli.core.distill import distill as run
 
+    # Before any work (and before a relaunch): a missing tracker or an impossible upload fails here.
+    tracker = trackers.open_trackers(cfg.report_to)
+    if cfg.push_to_hub and distributed.process_rank() == 0:
+        from seedcli.hub import check_push
+
+        check_push(cfg.push_to_hub)
     processes = cfg.gpus or cfg.nproc or 1
     if (processes > 1 or cfg.nnodes > 1) and not distributed.under_launcher():
         distributed.check_gpus(cfg.gpus)
@@ -37,13 +43,6 @@ def distill(cfg: DistillConfig, as_json: bool) -> None:
         fixed = cfg if cfg.out or cfg.resume else dataclasses.replace(cfg, out=str(default_out(cfg)))
         distributed.relaunch_cli(config_argv("distill", fixed, as_json=as_json), nproc=processes, nnodes=cfg.nnodes, node_rank=cfg.node_rank, master_addr=cfg.master_addr, master_port=cfg.master_port)
         return
-    from seedcli import trackers
-
-    tracker = trackers.open_trackers(cfg.report_to)
-    if cfg.push_to_hub and distributed.process_rank() == 0:
-        from seedcli.hub import check_push
-
-        check_push(cfg.push_to_hub)
     try:
         summary = run(cfg, make_reporter(as_json), tracker=tracker)
     except Exception as exc:

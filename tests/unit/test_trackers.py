@@ -130,3 +130,15 @@ def test_tensorboard_event_files_hold_every_value(tmp_path):
         for key, value in trackers.numeric(row).items():
             assert (step, pytest.approx(value, rel=1e-6)) in scalars[f"train/{key}"], key
     assert scalars["summary/last/loss"] == [(0, pytest.approx(0.3))]
+
+
+def test_distill_stops_before_any_work_when_the_tracker_is_missing(monkeypatch, capsys):
+    import seedcli.core.distill as core
+    from tests.conftest import run_cli
+
+    real = trackers.importlib.util.find_spec
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name: None if name == "trackio" else real(name))
+    monkeypatch.setattr(core, "distill", lambda *args, **kwargs: pytest.fail("training started"))
+    code, out, err = run_cli(["distill", "--model", "tiny-llava", "--report-to", "trackio"], capsys)
+    assert code == 2 and out == ""
+    assert "pip install 'seedcli[trackio]'" in err
