@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 
@@ -55,11 +56,14 @@ def evaluate(cfg: EvaluateConfig, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def _after_evaluation(cfg: EvaluateConfig, results: dict) -> None:
+def _after_evaluation(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
     """Refresh the model cards of the evaluated runs; write the --html page."""
     from seedcli.cards import record_evaluation
 
-    record_evaluation(results)
+    try:
+        record_evaluation(results)
+    except OSError as exc:  # the results stand; only the runs' cards could not be refreshed
+        typer.echo(f"warning: could not note the results in the evaluated runs ({exc}).", err=True)
     if cfg.html is not None:
         from seedcli.html_report import write_evaluation_report
 
