@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import seedcli.cli.distill
 from seedcli.config.distill import DistillConfig
 from seedcli.core import distill as engine
 from seedcli.errors import ConfigError, Interrupted, SeedError
@@ -275,11 +276,12 @@ def test_existing_run_directory_is_never_overwritten(data_dir: Path, tmp_path: P
 def test_cli_passes_flags_to_the_library(monkeypatch, cli, tmp_path: Path) -> None:
     received = {}
 
-    def fake(cfg, reporter):
+    def fake(cfg, reporter, **kwargs):
         received["cfg"] = cfg
         return {"run_dir": str(tmp_path / "x")}
 
     monkeypatch.setattr(engine, "distill", fake)
+    monkeypatch.setattr(seedcli.cli.distill, "_after_training", lambda *args: None)  # no run directory to describe
     code, out, _ = cli(["distill", "--model", "llava-1.5-7b", "--lr", "1e-5", "--beta-values", "1.0,0.5", "--beta-quantiles", "0.5", "--method", "sft", "--noise-step", "500", "--no-gradient-checkpointing"])
     assert code == 0 and out.strip() == str(tmp_path / "x")
     cfg = received["cfg"]

@@ -195,7 +195,7 @@ def test_library_call_asking_for_processes_without_a_launcher_is_an_error(data_d
 def test_cli_relaunches_outside_a_launcher_with_flags_that_rebuild_the_config(cli, monkeypatch, tmp_path: Path) -> None:
     launched, received = {}, []
     monkeypatch.setattr(distributed, "relaunch_cli", lambda argv, **kw: launched.update(argv=argv, **kw))
-    monkeypatch.setattr(engine, "distill", lambda cfg, reporter: received.append(cfg) or {"run_dir": "R"})
+    monkeypatch.setattr(engine, "distill", lambda cfg, reporter, **kw: received.append(cfg) or {"run_dir": "R"})
     for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(name, raising=False)
     args = ["distill", "--model", "tiny-llava", "--device", "cpu", "--nproc", "2", "--lr", "3e-05", "--beta-values", "1.0,0.5", "--beta-quantiles", "0.5", "--gradient-checkpointing", "--strategy", "fsdp"]
