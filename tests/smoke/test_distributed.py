@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import seedcli.cli.distill
 from seedcli import distributed
 from seedcli.config.distill import DistillConfig
 from seedcli.core import distill as engine
@@ -211,6 +212,7 @@ def test_cli_relaunches_outside_a_launcher_with_flags_that_rebuild_the_config(cl
     expected = DistillConfig(model="tiny-llava", device="cpu", nproc=2, lr=3e-5, beta_values=(1.0, 0.5), beta_quantiles=(0.5,), gradient_checkpointing=True, strategy="fsdp")
     assert received == [replace(expected, out=received[0].out)]
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(seedcli.cli.distill, "_after_training", lambda *args: None)  # "R" is not a real run directory
     code, out, _ = cli(launched["argv"])
     assert code == 0 and out.strip() == "R"
 
