@@ -166,3 +166,26 @@ def test_merge_push_to_hub_fails_before_merging_when_not_logged_in(tmp_path, mon
         ["merge", str(tmp_path), "--out", str(tmp_path / "m"), "--push-to-hub", "user/model"], capsys
     )
     assert code == 2 and "not logged in" in err and not (tmp_path / "m").exists()
+
+
+def test_distill_uploads_the_adapter_after_writing_its_card_and_report(tmp_path, monkeypatch):
+    import seedcli.hub
+    from seedcli.cli.distill import _after_training
+
+    run = make_run(tmp_path, "llava-1.5-7b")
+    (run / "metrics.jsonl").write_text(json.dumps({"round": 1, "step": 4, "loss": 0.2, "lr": 1e-3}) + "\n")
+    uploaded = {}
+
+    def fake_push(folder, repo, *, message):
+        uploaded.update(folder=folder, repo=repo, files=sorted(p.name for p in folder.iterdir()))
+        return "https://huggingface.co/user/adapter/commit/1"
+
+    monkeypatch.setattr(seedcli.hub, "push", fake_push)
+    cfg = DistillConfig(model="llava-1.5-7b", push_to_hub="user/adapter")
+    _after_training(cfg, run, json.loads((run / "summary.json").read_text()), None)
+    assert uploaded == {
+        "folder": run / "adapter",
+        "repo": "user/adapter",
+        "files": ["README.md", "adapter_config.json"],
+    }
+    assert (run / "report.html").is_file()
