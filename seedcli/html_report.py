@@ -277,15 +277,28 @@ def write_run_report(run_dir: Path) -> Path:
 # ----------------------------------------------------------------------------- the evaluation report
 
 
-def _image_uri(data_dir: Path | None, name: str, cache: dict[str, str]) -> str | None:
-    if data_dir is None or name in cache:
-        return cache.get(name)
+def _open_data(path: Path | None) -> Any:
+    """The data directory whose POPE images the page shows, or None when it cannot be opened."""
+    if path is None:
+        return None
     from seedcli.data.datadir import open_data_dir
+    from seedcli.errors import SeedError
+
+    try:
+        return open_data_dir(path)
+    except SeedError:
+        return None
+
+
+def _image_uri(data: Any, name: str, cache: dict[str, str]) -> str | None:
+    """A POPE image as a data URI (cached per name), None when it is not found."""
+    if data is None or name in cache:
+        return cache.get(name) or None
     from seedcli.demo import image_data_uri
     from seedcli.errors import SeedError
 
     try:
-        path = open_data_dir(data_dir).resolve_image("pope", name)
+        path = data.resolve_image("pope", name)
         cache[name] = image_data_uri(path) if path.is_file() else ""
     except (SeedError, OSError):
         cache[name] = ""
@@ -366,7 +379,7 @@ def evaluation_report(results: Mapping[str, Any], samples: Sequence[Mapping[str,
             "<h2>McNemar tests</h2>" + note + _table(("model", "against", "split", "seed", "b", "c", "n", "p"), tests)
         )
     data_path = (results.get("data") or {}).get("path")
-    data_dir = Path(data_path) if data_path else None
+    data_dir = _open_data(Path(data_path) if data_path else None)
     found = disagreements(samples, labels)
     if labels and len(labels) > 1:
         items, cache = [], {}
