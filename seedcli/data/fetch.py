@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 
 from seedcli import __version__
 from seedcli.config.prepare import PrepareConfig
+from seedcli.data.pope_hub import is_hub_layout
 from seedcli.errors import ConfigError, DataError, SeedError, StorageError
 from seedcli.reporting import Reporter, Task
 
@@ -195,7 +196,8 @@ def plan(cfg: PrepareConfig) -> tuple[PrepareConfig, list[Need]]:
     if annotations_needed and Path(cfg.coco_annotations) == root / "annotations":
         if not Path(cfg.coco_annotations).exists():
             needs.append(Need(table["annotations"], root / "annotations", "--coco-annotations"))
-    if (cfg.pope or cfg.chair) and Path(cfg.coco_images) == root / "val2014" and not Path(cfg.coco_images).exists():
+    images_needed = cfg.chair or (cfg.pope and not is_hub_layout(cfg.pope_from))  # the hub's POPE parquet embeds them
+    if images_needed and Path(cfg.coco_images) == root / "val2014" and not Path(cfg.coco_images).exists():
         needs.append(Need(table["val2014"], root / "val2014", "--coco-images"))
     if official:
         changes["pope_from"] = root / "pope"
