@@ -79,7 +79,7 @@ class Rung:
 
     text: dict[str, Any]
     vision: dict[str, Any]
-    image_size: int = 48
+    image_size: int = 32
 
 
 # Three widths/depths; every head is 16 wide so the multimodal RoPE sections stay valid. The rungs'
@@ -94,8 +94,8 @@ RUNGS: dict[str, Rung] = {
         vision={"depth": 1, "embed_dim": 48, "num_heads": 3},
     ),
     "tiny-qwen2-vl-l": Rung(
-        text=_text_sizes(hidden=128, intermediate=256, layers=3, heads=8),
-        vision={"depth": 2, "embed_dim": 64, "num_heads": 4},
+        text=_text_sizes(hidden=96, intermediate=192, layers=2, heads=6),
+        vision={"depth": 2, "embed_dim": 48, "num_heads": 3},
     ),
 }
 
