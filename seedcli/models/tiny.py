@@ -90,11 +90,11 @@ RUNGS: dict[str, Rung] = {
         vision={"depth": 1, "embed_dim": 32, "num_heads": 2},
     ),
     "tiny-qwen2-vl-m": Rung(
-        text=_text_sizes(hidden=64, intermediate=128, layers=2, heads=4),
+        text=_text_sizes(hidden=48, intermediate=96, layers=2, heads=3),
         vision={"depth": 1, "embed_dim": 48, "num_heads": 3},
     ),
     "tiny-qwen2-vl-l": Rung(
-        text=_text_sizes(hidden=96, intermediate=192, layers=2, heads=6),
+        text=_text_sizes(hidden=64, intermediate=128, layers=3, heads=4),
         vision={"depth": 2, "embed_dim": 48, "num_heads": 3},
     ),
 }
