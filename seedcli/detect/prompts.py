@@ -21,25 +21,21 @@ IDENTIFIER_SETS: tuple[tuple[str, ...], ...] = (
 LABEL_WORDS: tuple[tuple[str, str], ...] = (("yes", "no"), ("true", "false"), ("right", "wrong"))
 
 TRACK1_PROMPT = (
-    "Caption: {caption}\nOptions: {options}\nIs option {identifier} supported by the image? Answer {yes} or {no}."
+    "Caption: {caption}\nOptions: {options}\nIs option {identifier}, {text}, supported by the image? "
+    "Answer {yes} or {no}."
 )
 TRACK2_PROMPT = "{context}Claim: {claim}\nIs the claim supported by the image? Answer {yes} or {no}."
 CONTEXT_LINE = "Context: {context}\n"
 
 # The language of the synthetic detection world (its captions and claims), kept here so that the
 # tiny models' vocabulary can include it without importing the renderer.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 210, 40),
-    "white": (250, 250, 250),
-    "black": (20, 20, 20),
-}
+# Objects are drawn in their kind's own colour (as in the world), so a colour word could be checked
+# without the image; the visual attribute is the size instead.
+SIZES = {"big": (0.8, 0.95), "small": (0.4, 0.5)}  # side as a share of the grid cell
 RELATIONS = ("left of", "right of", "above", "below")
 FLIP_WORDS = {"left": "right", "right": "left"}
 CAPTION_OPENERS = ("The image shows", "There is", "A picture of", "This photo shows")
-WORLD_TEMPLATES = ("the {a} is {relation} the {b}.", "there is {article} {colour} {name}.", "the {name} is {colour}.")
+WORLD_TEMPLATES = ("the {a} is {relation} the {b}.", "there is {article} {size} {name}.", "the {name} is {size}.")
 
 _WORD = re.compile(r"[A-Za-z]+|\d+|[^\w\s]")
 
@@ -104,7 +100,8 @@ def track1_prompt(caption: str, option_texts: list[str], mapping: Mapping, asked
     listed = "; ".join(f"{ids[pos]}. {option_texts[orig]}" for pos, orig in enumerate(mapping.order))
     identifier = ids[mapping.order.index(asked)]
     yes, no = mapping.words()
-    return TRACK1_PROMPT.format(caption=caption, options=listed, identifier=identifier, yes=yes, no=no)
+    text = option_texts[asked]
+    return TRACK1_PROMPT.format(caption=caption, options=listed, identifier=identifier, text=text, yes=yes, no=no)
 
 
 def track2_prompt(context: str | None, claim: str, mapping: Mapping) -> str:
@@ -131,7 +128,7 @@ def vocabulary() -> list[str]:
     """Every word and punctuation mark the prompts and the synthetic detection world can contain."""
     texts = [TRACK1_PROMPT, TRACK2_PROMPT, CONTEXT_LINE, *CAPTION_OPENERS, *WORLD_TEMPLATES, *RELATIONS]
     words = {w.lower() for t in texts for w in _WORD.findall(re.sub(r"\{\w+\}", " ", t))}
-    words |= {w for pair in LABEL_WORDS for w in pair} | set(COLOURS)
+    words |= {w for pair in LABEL_WORDS for w in pair} | set(SIZES)
     words |= {i.lower() for ids in IDENTIFIER_SETS for i in ids}
     words |= {"a", "an", ";", ".", ",", "and"}
     return sorted(words)

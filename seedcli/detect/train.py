@@ -133,6 +133,10 @@ def _set_trainable(model: Any, trainable: bool) -> None:
     model.train(trainable)
 
 
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(values, default=str))
+
+
 def _open_or_create(cfg: DetectTrainConfig, out: Path, stages: list[Stage]) -> dict[str, Any]:
     """Create the run directory (config, env) or, with --resume, check it and return its state."""
     from seedcli.environment import environment
@@ -142,9 +146,8 @@ def _open_or_create(cfg: DetectTrainConfig, out: Path, stages: list[Stage]) -> d
             raise ConfigError(f"--resume: {out} is not a `seed detect train` run directory (no {rundir.CONFIG}).")
         saved = json.loads((out / rundir.CONFIG).read_text(encoding="utf-8"))
         previous = from_dict(DetectTrainConfig, saved["config"])
-        differs = [
-            k for k, v in to_dict(previous).items() if k not in ("resume", "overwrite", "out") and to_dict(cfg)[k] != v
-        ]
+        before, now = _plain(to_dict(previous)), _plain(to_dict(cfg))
+        differs = [k for k in before if k not in ("resume", "overwrite", "out") and before[k] != now[k]]
         if differs:
             raise ConfigError(
                 f"--resume: the settings differ from the run's ({', '.join(differs)}); resume with the same flags."

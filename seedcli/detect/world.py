@@ -1,16 +1,17 @@
 """Detection items from the synthetic world, with controlled hallucinations.
 
-Scenes reuse the world's object kinds (each drawn with its own shape) and its 2x2 grid, but every
-object gets a colour drawn from `prompts.COLOURS`, so a colour claim can only be checked in the
-image. A Track 1 caption names the objects with their colours and one or two relations between
-them; each phrase is then corrupted with a set probability:
+Scenes reuse the world's object kinds (each drawn in its own colour and shape) and its 2x2 grid;
+every object is drawn big or small (`prompts.SIZES`), an attribute that can only be checked in the
+image (a colour word could be checked from the kind alone). A Track 1 caption names the objects with
+their sizes and one or two relations between them; each phrase is then corrupted with a set
+probability:
 - object: a kind that is not in the image is added (half the time the usual partner of a present
   object, the world's co-occurrence prior);
-- attribute: a present object is given a wrong colour;
+- attribute: a present object is given the wrong size;
 - relation: a true relation (left of, right of, above, below from the grid cells) is reversed.
-Options are the object names, the "colour name" phrases and the relation phrases; labels are the
+Options are the object names, the "size name" phrases and the relation phrases; labels are the
 corrupted ones. Track 2 items pair a context (the objects present) with one claim about an
-existing object, a colour or a relation, factual or not with probability 1/2.
+existing object, a size or a relation, factual or not with probability 1/2.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seedcli.detect.items import FACTUAL, NOT_FACTUAL, Item, Option, write_items
-from seedcli.detect.prompts import CAPTION_OPENERS, COLOURS, IDENTIFIER_SETS
+from seedcli.detect.prompts import CAPTION_OPENERS, IDENTIFIER_SETS, SIZES
 from seedcli.reporting import NullReporter, Reporter
 
 GRID = 2
@@ -37,7 +38,7 @@ class WorldSpec:
     track2: tuple[int, int, int] = (100, 40, 100)
     objects: tuple[int, int] = (2, 3)
     object_rate: float = 0.5  # P(a hallucinated object is added to a caption)
-    attribute_rate: float = 0.3  # P(a colour phrase is wrong)
+    attribute_rate: float = 0.3  # P(a size phrase is wrong)
     relation_rate: float = 0.4  # P(a relation phrase is reversed)
     relations: tuple[int, int] = (1, 2)
     image_size: int = 64
@@ -45,10 +46,10 @@ class WorldSpec:
 
 @dataclass(frozen=True)
 class Thing:
-    """One drawn object: kind, colour name, grid cell."""
+    """One drawn object: kind, size word, grid cell."""
 
     name: str
-    colour: str
+    size: str
     cell: int
 
 
@@ -69,18 +70,20 @@ def _render(things: list[Thing], size: int, rng: random.Random, path: Path) -> N
 
     from seedcli.data.synthetic import KINDS, _draw_shape
 
-    shapes = {k.name: k.shape for k in KINDS}
+    kinds = {k.name: k for k in KINDS}
     cell = size // GRID
     grey = rng.randint(112, 144)
     noise = np.random.default_rng(rng.randrange(2**32)).integers(-6, 7, size=(size, size, 1))
     pixels = np.clip(grey + noise, 0, 255).repeat(3, axis=2).astype(np.uint8)
     for thing in things:
-        side = max(4, round(cell * rng.uniform(0.6, 0.85)))
+        side = max(4, round(cell * rng.uniform(*SIZES[thing.size])))
         x0 = (thing.cell % GRID) * cell + rng.randint(0, cell - side)
         y0 = (thing.cell // GRID) * cell + rng.randint(0, cell - side)
         mask_image = Image.new("L", (size, size), 0)
-        _draw_shape(ImageDraw.Draw(mask_image), shapes[thing.name], (x0, y0, x0 + side - 1, y0 + side - 1))
-        pixels[np.asarray(mask_image) > 0] = [min(255, max(0, c + rng.randint(-12, 12))) for c in COLOURS[thing.colour]]
+        _draw_shape(ImageDraw.Draw(mask_image), kinds[thing.name].shape, (x0, y0, x0 + side - 1, y0 + side - 1))
+        pixels[np.asarray(mask_image) > 0] = [
+            min(255, max(0, c + rng.randint(-12, 12))) for c in kinds[thing.name].colour
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, "RGB").save(path, format="PNG")
 
@@ -90,7 +93,7 @@ def _scene(rng: random.Random, spec: WorldSpec) -> list[Thing]:
 
     names = rng.sample([k.name for k in KINDS], rng.randint(*spec.objects))
     cells = rng.sample(range(GRID * GRID), len(names))
-    return [Thing(n, rng.choice(sorted(COLOURS)), c) for n, c in zip(names, cells)]
+    return [Thing(n, rng.choice(sorted(SIZES)), c) for n, c in zip(names, cells)]
 
 
 def _absent(things: list[Thing], rng: random.Random) -> str:
@@ -105,29 +108,35 @@ def _absent(things: list[Thing], rng: random.Random) -> str:
     return rng.choice([k.name for k in KINDS if k.name not in present])
 
 
+def _other_size(size: str) -> str:
+    return next(s for s in sorted(SIZES) if s != size)
+
+
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
 def track1_item(item_id: str, image: Path, things: list[Thing], rng: random.Random, spec: WorldSpec) -> Item:
     """A caption over `things` with corrupted phrases, its options and labels."""
-    phrases: list[tuple[str, str, bool]] = []  # (colour, name, colour wrong)
+    phrases: list[tuple[str, str, bool]] = []  # (size, name, size wrong)
     for t in things:
         wrong = rng.random() < spec.attribute_rate
-        colour = rng.choice([c for c in sorted(COLOURS) if c != t.colour]) if wrong else t.colour
-        phrases.append((colour, t.name, wrong))
+        size = _other_size(t.size) if wrong else t.size
+        phrases.append((size, t.name, wrong))
     hallucinated_object = None
     if rng.random() < spec.object_rate:
         hallucinated_object = _absent(things, rng)
-        phrases.insert(rng.randint(0, len(phrases)), (rng.choice(sorted(COLOURS)), hallucinated_object, False))
+        phrases.insert(rng.randint(0, len(phrases)), (rng.choice(sorted(SIZES)), hallucinated_object, False))
     listed = [f"{_article(c)} {c} {n}" for c, n, _ in phrases]
     objects = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
     sentences = [f"{rng.choice(CAPTION_OPENERS)} {objects}."]
     options: list[tuple[str, str, bool]] = []  # (text, kind, hallucinated)
-    for colour, name, wrong in phrases:
-        options.append((name, "object", name == hallucinated_object))
-        if name != hallucinated_object:
-            options.append((f"{colour} {name}", "attribute", wrong))
+    for size, name, wrong in phrases:
+        absent = name == hallucinated_object
+        # The size phrase of an absent object is unsupported too; listing it keeps the option set
+        # from revealing which object was added.
+        options.append((name, "object", absent))
+        options.append((f"{size} {name}", "attribute", wrong or absent))
     pairs = [(a, b) for a in things for b in things if a is not b]
     for a, b in rng.sample(pairs, min(len(pairs), rng.randint(*spec.relations))):
         relation = _relation(a, b, rng)
@@ -154,8 +163,7 @@ def track2_item(item_id: str, image: Path, things: list[Thing], rng: random.Rand
         claim = f"there is {_article(name)} {name}."
     elif kind == "attribute":
         t = rng.choice(things)
-        colour = t.colour if factual else rng.choice([c for c in sorted(COLOURS) if c != t.colour])
-        claim = f"the {t.name} is {colour}."
+        claim = f"the {t.name} is {t.size if factual else _other_size(t.size)}."
     else:
         a, b = rng.sample(things, 2)
         relation = _relation(a, b, rng)
