@@ -84,8 +84,8 @@ class DetectTrainConfig:
         "mirrored images.",
         panel=TRAIN,
     )
-    epochs: int = option(6, "Epochs of the fine-tuning and of every distillation stage.", min=1, panel=TRAIN)
-    batch_size: int = option(32, "Questions per optimizer step.", min=1, panel=TRAIN)
+    epochs: int = option(4, "Epochs of the fine-tuning and of every distillation stage.", min=1, panel=TRAIN)
+    batch_size: int = option(8, "Questions per optimizer step.", min=1, panel=TRAIN)
     lr: float = option(
         1e-3,
         "Peak learning rate (AdamW, warmup + cosine); tiny models train all weights.",

@@ -20,11 +20,13 @@ IDENTIFIER_SETS: tuple[tuple[str, ...], ...] = (
 # (word meaning "supported", word meaning "hallucinated / not factual")
 LABEL_WORDS: tuple[tuple[str, str], ...] = (("yes", "no"), ("true", "false"), ("right", "wrong"))
 
+# The asked option (or the claim) comes last, right before the answer position: small models learn
+# to read it there many times faster than from the middle of the prompt (measured on the tiny rungs).
 TRACK1_PROMPT = (
-    "Caption: {caption}\nOptions: {options}\nIs option {identifier}, {text}, supported by the image? "
-    "Answer {yes} or {no}."
+    "Caption: {caption}\nOptions: {options}\nAnswer {yes} or {no}: is this option supported by the image?\n"
+    "Option {identifier}: {text}"
 )
-TRACK2_PROMPT = "{context}Claim: {claim}\nIs the claim supported by the image? Answer {yes} or {no}."
+TRACK2_PROMPT = "{context}Answer {yes} or {no}: is this claim supported by the image?\nClaim: {claim}"
 CONTEXT_LINE = "Context: {context}\n"
 
 # The language of the synthetic detection world (its captions and claims), kept here so that the

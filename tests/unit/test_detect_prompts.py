@@ -43,10 +43,10 @@ def test_every_question_names_the_identifier_listed_next_to_its_option(k: int) -
     item = _item()
     for q in shifted_questions([item], k):
         listed = dict(re.findall(r"(\w+)\. ([^;\n]+)", q.prompt.split("Options: ")[1].split("\n")[0]))
-        asked, text = re.search(r"Is option (\w+), ([^,]+), supported", q.prompt).groups()
+        asked, text = re.search(r"\nOption (\w+): (.+)$", q.prompt).groups()
         assert listed[asked] == item.options[q.option].text == text
         assert q.target == int(item.options[q.option].id == "B")
-        assert f"Answer {q.words[0]} or {q.words[1]}." in q.prompt
+        assert f"Answer {q.words[0]} or {q.words[1]}:" in q.prompt
 
 
 def test_flip_swaps_left_and_right_in_every_text_and_keeps_labels() -> None:
