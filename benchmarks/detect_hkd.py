@@ -53,6 +53,7 @@ def train_args(cfg: argparse.Namespace, data: Path, out: Path, seed: int) -> lis
     return [
         "detect", "train", "--data", str(data), "--out", str(out), "--overwrite", "--seed", str(seed),
         "--epochs", str(cfg.epochs), "--refine-epochs", str(cfg.refine_epochs), "--device", "cpu", "--json",
+        "--batch-size", str(cfg.batch_size),
     ]  # fmt: skip
 
 
@@ -61,7 +62,8 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
     data = root / "data"
     if not (data / "manifest.json").is_file():
         seed_cli("prepare", "--synthetic", "--detect", "--seed", str(seed), "--out", str(data), "--overwrite", "--json")
-    jobs = {name: train_args(cfg, data, root / name, seed) + extra for name, extra in VARIANTS.items()}
+    variants = VARIANTS if seed in cfg.ablation_seeds else {"hkd": []}
+    jobs = {name: train_args(cfg, data, root / name, seed) + extra for name, extra in variants.items()}
     student_epochs = cfg.epochs + cfg.refine_epochs
     jobs["direct-S"] = train_args(cfg, data, root / "direct-S", seed) + [
         "--models",
@@ -79,20 +81,17 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
         "hkd": str(root / "hkd"),
         "direct-S": str(root / "direct-S"),
         "direct-L": f"{root / 'hkd'}@sft",
-        "offline": str(root / "offline"),
-        "no-pyramid": str(root / "no-pyramid"),
         "no-refine": f"{root / 'hkd'}@kd-{len(RUNGS) - 1}",
-        "no-augment": str(root / "no-augment"),
     }
-    args = ["detect", "evaluate", "--data", str(data), "--split", "test", "--device", "cpu", "--json"]
+    specs |= {name: str(root / name) for name in variants if name != "hkd"}
+    base = ["detect", "evaluate", "--data", str(data), "--split", "test", "--device", "cpu", "--json"]
+    args = [*base]
     for spec in specs.values():
         args += ["--model", spec]
     shifted = pool.submit(seed_cli, *args, "--shifts", str(cfg.shifts), "--out", str(root / "eval"))
-    single = pool.submit(
-        seed_cli, *args[:-1], "--model", specs["hkd"], "--json", "--shifts", "1", "--out", str(root / "eval-k1")
-    )
+    single = pool.submit(seed_cli, *base, "--model", specs["hkd"], "--shifts", "1", "--out", str(root / "eval-k1"))
     results = {name: entry for name, entry in zip(specs, json.loads(shifted.result())["models"])}
-    results["hkd-k1"] = json.loads(single.result())["models"][-1]
+    results["hkd-k1"] = json.loads(single.result())["models"][0]
     (root / "summary.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -108,13 +107,13 @@ def table(per_seed: dict[int, dict[str, dict]]) -> str:
     columns = list(headline(next(iter(per_seed.values()))["hkd"]))
     lines = ["| system | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for key, label in ROWS:
-        values = [headline(results[key]) for results in per_seed.values()]
+        values = [headline(results[key]) for results in per_seed.values() if key in results]
         cells = []
         for column in columns:
             xs = [v[column] for v in values]
             spread = f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else ""
             cells.append(f"{statistics.mean(xs):.1f}{spread}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} ({len(values)} seeds) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -123,11 +122,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--out", default="runs/detect-hkd")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--refine-epochs", type=int, default=2)
     parser.add_argument("--shifts", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=4, help="trainings run at once")
+    parser.add_argument("--ablation-seeds", default="1,2,3", help="seeds that also train the ablations")
     cfg = parser.parse_args()
     seeds = [int(s) for s in cfg.seeds.split(",")]
+    cfg.ablation_seeds = {int(s) for s in cfg.ablation_seeds.split(",") if s}
     with ThreadPoolExecutor(cfg.jobs) as pool, ThreadPoolExecutor(len(seeds)) as outer:
         per_seed = dict(zip(seeds, outer.map(lambda s: run_seed(cfg, s, pool), seeds)))
     text = table(per_seed)

@@ -113,8 +113,12 @@ class DetectRunConfig:
     input: Path = option(Path("items.jsonl"), "Detection JSONL file (labels not needed).", panel=DATA)
     output: Path | None = option(None, "Where to write the flagged items as JSONL (default: stdout).", panel=DATA)
     shifts: int = option(3, "Mapping shifts averaged at inference (1 = a single plain pass).", min=1, panel=INFER)
-    threshold: float = option(
-        0.5, "Flag an option when its averaged P(hallucinated) exceeds this.", min=0.0, max=1.0, panel=INFER
+    threshold: float | None = option(
+        None,
+        "Flag when P(hallucinated) exceeds this (default: the run's thresholds calibrated on dev, else 0.5).",
+        min=0.0,
+        max=1.0,
+        panel=INFER,
     )
     batch_size: int = option(64, "Questions per forward pass.", min=1, panel=INFER)
     dtype: str = option("auto", "Weight dtype.", choices=DTYPES, panel=MODEL)
@@ -143,7 +147,13 @@ class DetectEvaluateConfig:
         None, "Directory for results.json and per-model predictions (default: none written).", panel=DATA
     )
     shifts: int = option(3, "Mapping shifts averaged at inference (1 = a single plain pass).", min=1, panel=INFER)
-    threshold: float = option(0.5, "Decision threshold on P(hallucinated).", min=0.0, max=1.0, panel=INFER)
+    threshold: float | None = option(
+        None,
+        "Flag when P(hallucinated) exceeds this (default: the run's thresholds calibrated on dev, else 0.5).",
+        min=0.0,
+        max=1.0,
+        panel=INFER,
+    )
     batch_size: int = option(64, "Questions per forward pass.", min=1, panel=INFER)
     dtype: str = option("auto", "Weight dtype.", choices=DTYPES, panel=MODEL)
     device: str = option("auto", "Device.", choices=DEVICES, panel=MODEL)

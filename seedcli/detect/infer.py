@@ -44,10 +44,44 @@ def predict(
     return [[value / shifts for value in row] for row in sums]
 
 
-def flagged(items: list[Item], probs: list[list[float]], threshold: float) -> list[dict[str, Any]]:
+DEFAULT_THRESHOLD = 0.5
+
+
+def best_threshold(pairs: list[tuple[float, bool]]) -> float:
+    """The threshold on P(hallucinated) (grid 0.01..0.99) with the best F1 on (p, gold) pairs; ties: closest to 0.5."""
+    from seedcli.detect.metrics import prf
+
+    if not any(gold for _, gold in pairs):
+        return DEFAULT_THRESHOLD
+    grid = [i / 100 for i in range(1, 100)]
+    return max(grid, key=lambda t: (prf((g, p > t) for p, g in pairs)["f1"], -abs(t - DEFAULT_THRESHOLD)))
+
+
+def calibrate(items: list[Item], probs: list[list[float]]) -> dict[str, float]:
+    """Per-track thresholds that maximise F1 on labelled (dev) items."""
+    t1 = [
+        (p, item.hallucinated()[o.id])
+        for item, row in zip(items, probs)
+        if item.track == 1
+        for o, p in zip(item.options, row)
+    ]
+    t2 = [(row[0], not item.factual()) for item, row in zip(items, probs) if item.track == 2]
+    return {
+        "track1": best_threshold(t1) if t1 else DEFAULT_THRESHOLD,
+        "track2": best_threshold(t2) if t2 else DEFAULT_THRESHOLD,
+    }
+
+
+def uniform(threshold: float) -> dict[str, float]:
+    """The same threshold for both tracks."""
+    return {"track1": threshold, "track2": threshold}
+
+
+def flagged(items: list[Item], probs: list[list[float]], thresholds: dict[str, float]) -> list[dict[str, Any]]:
     """Output records for pipelines: options with their probability and flag; claims with theirs."""
     out = []
     for item, row in zip(items, probs):
+        threshold = thresholds[f"track{item.track}"]
         if item.track == 1:
             options = [
                 {
@@ -74,7 +108,9 @@ def flagged(items: list[Item], probs: list[list[float]], threshold: float) -> li
     return out
 
 
-def score(items: list[Item], probs: list[list[float]], threshold: float) -> tuple[dict[str, Any], list[bool]]:
+def score(
+    items: list[Item], probs: list[list[float]], thresholds: dict[str, float]
+) -> tuple[dict[str, Any], list[bool]]:
     """Track 1 and Track 2 metrics of labelled items, and the per-question correctness vector (for McNemar)."""
     from seedcli.detect import metrics
 
@@ -82,6 +118,7 @@ def score(items: list[Item], probs: list[list[float]], threshold: float) -> tupl
     t2: list[tuple[bool, bool]] = []
     correct: list[bool] = []
     for item, row in zip(items, probs):
+        threshold = thresholds[f"track{item.track}"]
         if item.track == 1:
             gold = item.hallucinated()
             for option, p in zip(item.options, row):

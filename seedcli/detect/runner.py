@@ -8,6 +8,7 @@ from typing import Any
 
 from seedcli import atomic, rundir
 from seedcli.config.detect import DetectEvaluateConfig, DetectImportConfig, DetectRunConfig
+from seedcli.detect.infer import DEFAULT_THRESHOLD, uniform
 from seedcli.detect.items import Item, import_items, read_items
 from seedcli.errors import ConfigError, DataError
 from seedcli.reporting import Reporter
@@ -15,8 +16,8 @@ from seedcli.reporting import Reporter
 FLAG = "--model"
 
 
-def detector_path(spec: str | Path, stage: str | None = None) -> tuple[Path, str]:
-    """The model directory of a detector given as RUN or RUN@STAGE, and a display label."""
+def detector_path(spec: str | Path, stage: str | None = None) -> tuple[Path, str, dict[str, float]]:
+    """The model directory of a detector given as RUN or RUN@STAGE, a label and its dev-calibrated thresholds."""
     text = str(spec)
     if stage is None and "@" in text:
         text, stage = text.rsplit("@", 1)
@@ -24,12 +25,14 @@ def detector_path(spec: str | Path, stage: str | None = None) -> tuple[Path, str
     if run.config.get("command") != "detect train":
         raise DataError(f"{FLAG} {text}: not a `seed detect train` run (command {run.config.get('command')!r}).")
     assert run.summary is not None
-    if stage is None:
-        return run.root / run.summary["detector"], run.root.name
     stages = run.summary["stages"]
-    if stage not in stages:
+    final = list(stages)[-1]
+    if stage is not None and stage not in stages:
         raise ConfigError(f"{FLAG} {text}: no stage {stage!r} (stages: {', '.join(stages)}).")
-    return run.root / stages[stage], f"{run.root.name}@{stage}"
+    chosen = stage or final
+    thresholds = run.summary.get("thresholds", {}).get(chosen, uniform(DEFAULT_THRESHOLD))
+    label = run.root.name if stage is None else f"{run.root.name}@{stage}"
+    return run.root / stages[chosen], label, thresholds
 
 
 def _load(path: Path, dtype: str, device: str) -> Any:
@@ -43,10 +46,10 @@ def run(cfg: DetectRunConfig, reporter: Reporter) -> list[dict[str, Any]]:
     from seedcli.detect.infer import flagged, predict
 
     items = read_items(cfg.input)
-    path, _ = detector_path(cfg.model, cfg.stage)
+    path, _, calibrated = detector_path(cfg.model, cfg.stage)
     loaded = _load(path, cfg.dtype, cfg.device)
     probs = predict(loaded, loaded.model, items, shifts=cfg.shifts, batch_size=cfg.batch_size, reporter=reporter)
-    records = flagged(items, probs, cfg.threshold)
+    records = flagged(items, probs, calibrated if cfg.threshold is None else uniform(cfg.threshold))
     if cfg.output is not None:
         atomic.write_jsonl(cfg.output, records)
     return records
@@ -74,18 +77,25 @@ def evaluate(cfg: DetectEvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     models: list[dict[str, Any]] = []
     vectors: list[list[bool]] = []
     for spec in cfg.model:
-        path, label = detector_path(spec)
+        path, label, calibrated = detector_path(spec)
+        thresholds = calibrated if cfg.threshold is None else uniform(cfg.threshold)
         loaded = _load(path, cfg.dtype, cfg.device)
         probs = predict(loaded, loaded.model, items, shifts=cfg.shifts, batch_size=cfg.batch_size, reporter=reporter)
-        scores, correct = score(items, probs, cfg.threshold)
-        entry: dict[str, Any] = {"model": str(spec), "label": label, "path": str(path), **scores}
+        scores, correct = score(items, probs, thresholds)
+        entry: dict[str, Any] = {
+            "model": str(spec),
+            "label": label,
+            "path": str(path),
+            "thresholds": thresholds,
+            **scores,
+        }
         if vectors:
             entry["vs_reference"] = paired_mcnemar(correct, vectors[0])
         vectors.append(correct)
         models.append(entry)
         if cfg.out is not None:
             atomic.write_jsonl(
-                Path(cfg.out) / f"predictions-{len(models) - 1}.jsonl", flagged(items, probs, cfg.threshold)
+                Path(cfg.out) / f"predictions-{len(models) - 1}.jsonl", flagged(items, probs, thresholds)
             )
     results = {
         "items": len(items),

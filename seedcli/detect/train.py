@@ -207,10 +207,11 @@ def train(cfg: DetectTrainConfig, reporter: Reporter) -> dict[str, Any]:
             state["weights"][str(i)] = relative
         state["completed"].append(stage.name)
         if dev:
-            from seedcli.detect.infer import predict, score
+            from seedcli.detect.infer import calibrate, predict, score
 
             probs = predict(ladder[stage.student], models[stage.student], dev, shifts=1, batch_size=64)
-            dev_scores[stage.name] = score(dev, probs, 0.5)[0]
+            thresholds = calibrate(dev, probs)
+            dev_scores[stage.name] = {**score(dev, probs, thresholds)[0], "thresholds": thresholds}
             reporter.log({"stage": stage.name, **_headline(dev_scores[stage.name])})
         state["dev"] = dev_scores
         atomic.write_json(out / STATE, state)
@@ -222,6 +223,8 @@ def train(cfg: DetectTrainConfig, reporter: Reporter) -> dict[str, Any]:
         "detector_model": cfg.models[final.student],
         "stages": {s.name: f"{STAGES}/{s.name}/rung-{s.student}" for s in stages},
         "dev": dev_scores,
+        # Decision thresholds calibrated on the dev items per stage (the final student's under "detector").
+        "thresholds": {name: scores["thresholds"] for name, scores in dev_scores.items()},
         "train_items": len(items),
         "seconds": round(time.monotonic() - started, 1),
     }

@@ -82,7 +82,8 @@ class Rung:
     image_size: int = 32
 
 
-# Three widths/depths; every head is 16 wide so the multimodal RoPE sections stay valid. The rungs'
+# Three widths, one layer each (deeper rungs collapsed to a constant answer within our CPU budget, while
+# one-layer rungs learned); every head is 16 wide so the multimodal RoPE sections stay valid. The rungs'
 # vocabulary adds the detector's prompt language (seedcli.detect.prompts) to the world's words.
 RUNGS: dict[str, Rung] = {
     "tiny-qwen2-vl-s": Rung(
@@ -90,12 +91,12 @@ RUNGS: dict[str, Rung] = {
         vision={"depth": 1, "embed_dim": 32, "num_heads": 2},
     ),
     "tiny-qwen2-vl-m": Rung(
-        text=_text_sizes(hidden=48, intermediate=96, layers=2, heads=3),
+        text=_text_sizes(hidden=48, intermediate=96, layers=1, heads=3),
         vision={"depth": 1, "embed_dim": 48, "num_heads": 3},
     ),
     "tiny-qwen2-vl-l": Rung(
-        text=_text_sizes(hidden=64, intermediate=128, layers=3, heads=4),
-        vision={"depth": 2, "embed_dim": 48, "num_heads": 3},
+        text=_text_sizes(hidden=64, intermediate=128, layers=1, heads=4),
+        vision={"depth": 1, "embed_dim": 64, "num_heads": 4},
     ),
 }
 
