@@ -175,6 +175,13 @@ class DetectImportConfig:
     images: Path | None = option(None, "Root of relative image paths (default: the file's directory).", panel=DATA)
     data: Path = option(DEFAULT_DATA, "Data directory to import into (written to DATA/detect/NAME.jsonl).", panel=DATA)
     name: str = option("imported", "Name of the imported set (file stem).", panel=DATA)
+    from_chair: bool = option(
+        False,
+        "--input is a samples.jsonl of `seed evaluate --chair`: build Track 1 items from its captions, "
+        "object options labelled by the CHAIR ground truth (images from --data's CHAIR images).",
+        panel=DATA,
+    )
+    chair_model: str | None = option(None, "With --from-chair: keep only this model label's captions.", panel=DATA)
     overwrite: bool = option(False, "Replace an existing set of the same name.", panel=DATA)
 
     def __post_init__(self) -> None:

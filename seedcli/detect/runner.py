@@ -9,7 +9,7 @@ from typing import Any
 from seedcli import atomic, rundir
 from seedcli.config.detect import DetectEvaluateConfig, DetectImportConfig, DetectRunConfig
 from seedcli.detect.infer import DEFAULT_THRESHOLD, uniform
-from seedcli.detect.items import Item, import_items, read_items
+from seedcli.detect.items import Item, import_items, read_items, write_items
 from seedcli.errors import ConfigError, DataError
 from seedcli.reporting import Reporter
 
@@ -137,5 +137,11 @@ def import_set(cfg: DetectImportConfig) -> dict[str, Any]:
         raise DataError(f"--data {cfg.data}: no such directory; create it with `seed prepare` first.")
     if dest.exists() and not cfg.overwrite:
         raise ConfigError(f"--name {cfg.name}: {dest} exists; pass --overwrite to replace it.")
+    if cfg.from_chair:
+        from seedcli.detect.coco import items_from_chair_samples
+
+        items, skipped = items_from_chair_samples(cfg.input, cfg.data, model=cfg.chair_model)
+        write_items(dest, items)
+        return {"out": str(dest), "items": len(items), "skipped": skipped}
     count = import_items(cfg.input, dest, image_root=cfg.images)
     return {"out": str(dest), "items": count}

@@ -34,8 +34,8 @@ OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "bel
 class WorldSpec:
     """Sizes and corruption rates of the generated detection sets."""
 
-    track1: tuple[int, int, int] = (200, 80, 200)  # train, dev, test items
-    track2: tuple[int, int, int] = (100, 40, 100)
+    track1: tuple[int, int, int] = (120, 80, 200)  # train, dev, test items
+    track2: tuple[int, int, int] = (60, 40, 100)
     objects: tuple[int, int] = (2, 3)
     object_rate: float = 0.5  # P(a hallucinated object is added to a caption)
     attribute_rate: float = 0.3  # P(a size phrase is wrong)

@@ -25,7 +25,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     detect = root / "detect"
     # Small subsets keep the smoke test in seconds; they live beside the originals so images resolve.
     for split, n in (("train", 8), ("dev", 4), ("test", 6)):
-        items = read_items(detect / f"track1-{split}.jsonl")[:n] + read_items(detect / f"track2-{split}.jsonl")[: n // 2]
+        items = (
+            read_items(detect / f"track1-{split}.jsonl")[:n] + read_items(detect / f"track2-{split}.jsonl")[: n // 2]
+        )
         write_items(detect / f"small-{split}.jsonl", items)
     return root
 
@@ -36,7 +38,16 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     assert manifest["counts"]["track1_train"] > 0 and "detect/track1-train.jsonl" in manifest["files"]
     run = tmp_path / "run"
     args = ["detect", "train", "--models", RUNGS, "--train-files", str(detect / "small-train.jsonl")]
-    args += ["--dev-files", str(detect / "small-dev.jsonl"), "--epochs", "1", "--refine-epochs", "1", "--batch-size", "16"]
+    args += [
+        "--dev-files",
+        str(detect / "small-dev.jsonl"),
+        "--epochs",
+        "1",
+        "--refine-epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ]
     args += ["--device", "cpu", "--out", str(run), "--json"]
     code, out, err = cli(args)
     assert code == 0, err
@@ -50,7 +61,9 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     assert {"kl0", "kl1"} <= set(next(m for m in metrics if m["stage"] == "refine"))
 
     test = detect / "small-test.jsonl"
-    code, out, err = cli(["detect", "run", "--model", str(run), "--input", str(test), "--shifts", "2", "--device", "cpu"])
+    code, out, err = cli(
+        ["detect", "run", "--model", str(run), "--input", str(test), "--shifts", "2", "--device", "cpu"]
+    )
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     items = read_items(test)
@@ -82,15 +95,54 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
 
 def _train_args(detect: Path, run: Path) -> list[str]:
     args = ["detect", "train", "--models", RUNGS, "--train-files", str(detect / "small-train.jsonl")]
-    args += ["--dev-files", str(detect / "small-dev.jsonl"), "--epochs", "1", "--refine-epochs", "1", "--batch-size", "16"]
+    args += [
+        "--dev-files",
+        str(detect / "small-dev.jsonl"),
+        "--epochs",
+        "1",
+        "--refine-epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ]
     return [*args, "--device", "cpu", "--out", str(run), "--json"]
 
 
 def test_bad_input_is_one_line_with_exit_code_3(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     bad = tmp_path / "bad.jsonl"
-    row = {"id": "x", "image": str(data / "detect" / "images" / "t1-test-00000.png"), "caption": "A cat.", "options": []}
+    row = {
+        "id": "x",
+        "image": str(data / "detect" / "images" / "t1-test-00000.png"),
+        "caption": "A cat.",
+        "options": [],
+    }
     bad.write_text(json.dumps(row) + "\n")
     code, _, err = cli(["detect", "run", "--model", str(tmp_path), "--input", str(bad)])
     assert code == 3 and "non-empty 'options'" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli(["detect", "train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     assert code == 3 and "seed prepare --synthetic --detect" in err
+
+
+def test_items_from_chair_captions(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    chair = [json.loads(line) for line in (data / "chair" / "images.jsonl").read_text().splitlines()]
+    image = chair[0]
+    present = image["objects"][0]
+    absent = next(name for name in ("fork", "knife", "dog", "cat", "car") if name not in image["objects"])
+    rows = [
+        {"model": "m", "benchmark": "chair", "seed": 0, "id": image["image_id"], "image": image["image"],
+         "output": f"There is a {present} and a {absent}.", "label": image["objects"]},
+        {"model": "m", "benchmark": "chair", "seed": 0, "id": chair[1]["image_id"], "image": chair[1]["image"],
+         "output": "Nothing to see.", "label": chair[1]["objects"]},
+        {"model": "m", "benchmark": "pope", "id": 1, "output": "Yes"},
+    ]  # fmt: skip
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = cli(
+        ["detect", "import", "--from-chair", "--input", str(samples), "--data", str(data), "--name", "coco", "--json"]
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["items"] == 1 and result["skipped"]["no_option"] == 1
+    (item,) = read_items(Path(result["out"]), require_labels=True)
+    assert [o.text for o in item.options] == [present, absent]
+    assert item.hallucinated() == {"A": False, "B": True}
