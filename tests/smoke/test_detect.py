@@ -146,3 +146,56 @@ def test_items_from_chair_captions(data: Path, tmp_path: Path, cli) -> None:  # 
     (item,) = read_items(Path(result["out"]), require_labels=True)
     assert [o.text for o in item.options] == [present, absent]
     assert item.hallucinated() == {"A": False, "B": True}
+
+
+class _StopAt:
+    """A reporter that interrupts training at the first step of `stage` in its epoch 2."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def task(self, description: str, total: int | None, unit: str = "it"):  # noqa: ANN201
+        import contextlib
+
+        stage = self.stage
+
+        class _Task:
+            def advance(self, n: int = 1, **fields: object) -> None:
+                if description.startswith(stage) and fields.get("epoch") == 2:
+                    raise KeyboardInterrupt
+
+        return contextlib.nullcontext(_Task())
+
+    def log(self, fields: object) -> None: ...
+    def info(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+def test_resume_mid_stage_gives_the_same_weights(data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from seedcli.config.detect import DetectTrainConfig
+    from seedcli.detect.train import train
+    from seedcli.reporting import NullReporter
+
+    detect = data / "detect"
+    common = dict(
+        models=tuple(RUNGS.split(",")[1:]),
+        train_files=(detect / "small-train.jsonl",),
+        dev_files=(),
+        data=tmp_path / "none",
+        epochs=2,
+        refine_epochs=1,
+        batch_size=16,
+        device="cpu",
+    )
+    train(DetectTrainConfig(out=tmp_path / "straight", **common), NullReporter())
+    with pytest.raises(KeyboardInterrupt):
+        train(DetectTrainConfig(out=tmp_path / "resumed", **common), _StopAt("kd-1"))
+    assert (tmp_path / "resumed" / "checkpoints" / "kd-1" / "state.json").is_file()
+    train(DetectTrainConfig(out=tmp_path / "resumed", resume=True, **common), NullReporter())
+    for stage in ("sft", "kd-1", "refine"):
+        rung = "rung-0" if stage == "sft" else "rung-1"
+        a = load_file(str(tmp_path / "straight" / "stages" / stage / rung / "model.safetensors"))
+        b = load_file(str(tmp_path / "resumed" / "stages" / stage / rung / "model.safetensors"))
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), stage
