@@ -146,6 +146,15 @@ class DetectEvaluateConfig:
     out: Path | None = option(
         None, "Directory for results.json and per-model predictions (default: none written).", panel=DATA
     )
+    calibrate: bool = option(
+        True,
+        "Calibrate each model's thresholds on the dev split with the same --shifts (the data directory's dev "
+        "files, or --dev-input); --no-calibrate uses the thresholds stored in each run.",
+        panel=INFER,
+    )
+    dev_input: tuple[Path, ...] = option(
+        (), "Labelled dev JSONL files for --calibrate (repeatable).", multiple=True, panel=DATA
+    )
     shifts: int = option(3, "Mapping shifts averaged at inference (1 = a single plain pass).", min=1, panel=INFER)
     threshold: float | None = option(
         None,

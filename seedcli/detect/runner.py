@@ -73,13 +73,32 @@ def evaluate(cfg: DetectEvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     from seedcli.evals.stats import paired_mcnemar
 
     started = time.monotonic()
+    from seedcli.detect.infer import calibrate
+    from seedcli.detect.train import data_files, load_items
+
     items = eval_items(cfg)
+    dev: list[Item] = []
+    if cfg.threshold is None and cfg.calibrate:
+        dev = load_items(list(cfg.dev_input) or data_files(cfg.data, "dev", (), "--dev-input"))
+        if not dev:
+            raise DataError(
+                f"--calibrate: no dev items (no detect/track*-dev.jsonl in --data {cfg.data}); "
+                "pass --dev-input or --no-calibrate."
+            )
     models: list[dict[str, Any]] = []
     vectors: list[list[bool]] = []
     for spec in cfg.model:
-        path, label, calibrated = detector_path(spec)
-        thresholds = calibrated if cfg.threshold is None else uniform(cfg.threshold)
+        path, label, stored = detector_path(spec)
         loaded = _load(path, cfg.dtype, cfg.device)
+        if cfg.threshold is not None:
+            thresholds = uniform(cfg.threshold)
+        elif dev:
+            dev_probs = predict(
+                loaded, loaded.model, dev, shifts=cfg.shifts, batch_size=cfg.batch_size, reporter=reporter
+            )
+            thresholds = calibrate(dev, dev_probs)
+        else:
+            thresholds = stored
         probs = predict(loaded, loaded.model, items, shifts=cfg.shifts, batch_size=cfg.batch_size, reporter=reporter)
         scores, correct = score(items, probs, thresholds)
         entry: dict[str, Any] = {
@@ -101,6 +120,7 @@ def evaluate(cfg: DetectEvaluateConfig, reporter: Reporter) -> dict[str, Any]:
         "items": len(items),
         "shifts": cfg.shifts,
         "threshold": cfg.threshold,
+        "calibrated_on_dev": bool(dev),
         "models": models,
         "seconds": round(time.monotonic() - started, 1),
     }

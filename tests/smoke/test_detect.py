@@ -75,6 +75,7 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
 
     results_dir = tmp_path / "results"
     args = ["detect", "evaluate", "--model", str(run), "--model", f"{run}@sft", "--input", str(test), "--shifts", "1"]
+    args += ["--dev-input", str(detect / "small-dev.jsonl")]
     code, out, err = cli([*args, "--device", "cpu", "--out", str(results_dir), "--json"])
     assert code == 0, err
     results = json.loads(out)
