@@ -74,7 +74,13 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
-TINY_MODELS = ("tiny-llava", "tiny-qwen2-vl", "tiny-qwen2-vl-s", "tiny-qwen2-vl-m", "tiny-qwen2-vl-l")
+TINY_MODELS = (
+    "tiny-llava",
+    "tiny-qwen2-vl",
+    "tiny-qwen2-vl-s",  # the three rungs of the detection pyramid (seed detect)
+    "tiny-qwen2-vl-m",
+    "tiny-qwen2-vl-l",
+)
 
 ALIASES: dict[str, str] = {
     "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",

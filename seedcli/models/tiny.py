@@ -257,7 +257,12 @@ def fingerprint(name: str) -> str:
     if name in RUNGS:
         # Rungs are keyed by their own sizes and vocabulary; the two original models keep their keys.
         rung = RUNGS[name]
-        spec |= {"vocab": _word_list(_rung_words()), "text": rung.text, "vision": rung.vision, "image": rung.image_size}
+        spec |= {
+            "vocab": _word_list(_rung_words()),
+            "text": rung.text,
+            "vision": rung.vision,
+            "image": rung.image_size,
+        }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 

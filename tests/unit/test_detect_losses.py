@@ -62,7 +62,7 @@ def test_best_threshold_maximises_f1_and_prefers_one_half_on_ties() -> None:
 
     pairs = [(0.1, False), (0.2, False), (0.3, True), (0.35, True), (0.6, False)]
     t = best_threshold(pairs)
-    assert t == 0.29  # [0.2, 0.3) flags both positives and 0.6 (F1 0.8, the best); 0.29 is closest to 0.5
+    assert t == 0.29  # [0.2, 0.3) flags both positives and 0.6 (F1 0.8, the best); 0.29 is nearest 0.5
     assert best_threshold([(0.9, False), (0.1, False)]) == 0.5  # no positives: the default
     separable = [(0.7, True), (0.2, False)]
     assert best_threshold(separable) == 0.5  # every t in [0.2, 0.7) is perfect; 0.5 is closest to 0.5
