@@ -19,6 +19,7 @@ root given to the reader).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,10 @@ class Item:
         return self.labels == (FACTUAL,)
 
     def to_row(self, base: Path | None = None) -> dict[str, Any]:
-        """The JSON object of this item; the image is written relative to `base` when it lies below it."""
-        image = self.image
+        """The JSON object of this item; the image relative to `base` when it lies below it, else absolute."""
+        # Relative to the file when the image lies below its directory, else absolute: never
+        # relative to the working directory, which a later reader does not know.
+        image = Path(os.path.abspath(self.image))
         if base is not None and image.is_relative_to(base):
             image = image.relative_to(base)
         row: dict[str, Any] = {"id": self.id, "image": image.as_posix()}

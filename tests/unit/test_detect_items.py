@@ -96,3 +96,17 @@ def test_import_copies_images_and_rereads(root: Path, tmp_path: Path) -> None:
     items = read_items(dest, require_labels=True)
     assert items[0].image.is_file() and items[0].image.parent == dest.parent / "images" / "ext"
     assert not Path(json.loads(dest.read_text().splitlines()[0])["image"]).is_absolute()
+
+
+def test_written_images_are_relative_to_the_file_even_from_relative_paths(root: Path, monkeypatch) -> None:  # noqa: ANN001
+    from seedcli.detect.items import write_items
+
+    monkeypatch.chdir(root)
+    _write(root, _track1())
+    items = read_items(Path("items.jsonl"))  # relative paths all along
+    write_items(Path("beside.jsonl"), items)
+    assert json.loads((root / "beside.jsonl").read_text())["image"] == "x.png"
+    (root / "sub").mkdir()
+    write_items(Path("sub/out.jsonl"), items)  # the image is not below sub/: written absolute
+    assert json.loads((root / "sub" / "out.jsonl").read_text())["image"] == str((root / "x.png").resolve())
+    assert read_items(root / "sub" / "out.jsonl")[0].image.is_file()
