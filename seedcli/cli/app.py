@@ -68,7 +68,7 @@ def _root(
 
 def _register() -> None:
     # Imported for their side effect of registering commands on `app`.
-    from seedcli.cli import demo, distill, env, evaluate, merge, prepare, quickstart  # noqa: F401
+    from seedcli.cli import demo, detect, distill, env, evaluate, merge, prepare, quickstart  # noqa: F401
 
 
 def _print_error(message: str) -> None:

@@ -118,9 +118,13 @@ def config_command(
     help: str,
     extra: tuple[inspect.Parameter, ...] = (),
     epilog: str | None = None,
+    key: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register `body(cfg, **extra)` as command `name` with one flag per field of `cfg_cls`."""
-    COMMAND_CONFIGS[name] = cfg_cls
+    """Register `body(cfg, **extra)` as command `name` with one flag per field of `cfg_cls`.
+
+    `key` names the command in COMMAND_CONFIGS when it lives in a sub-app ("detect train").
+    """
+    COMMAND_CONFIGS[key or name] = cfg_cls
     hints = field_types(cfg_cls)
     fields = dataclasses.fields(cfg_cls)
     params = [_parameter(f, hints[f.name]) for f in fields]

@@ -41,8 +41,7 @@ def render() -> str:
         f"Exit codes: {exit_code_line()}.",
         "",
     ]
-    for name in sorted(group.commands):  # type: ignore[attr-defined]
-        command = group.commands[name]  # type: ignore[attr-defined]
+    for name, command in _commands(group):
         lines += [f"## seed {name}", "", inspect.cleandoc(command.help or ""), ""]
         cfg_cls = COMMAND_CONFIGS.get(name)
         if cfg_cls is None:
@@ -65,6 +64,18 @@ def render() -> str:
             lines.append(f"| `{'/'.join(param.opts)}` | | {(param.help or '').replace('|', chr(92) + '|')} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _commands(group: object, prefix: str = "") -> list[tuple[str, object]]:
+    """(full name, command) of every command, sub-apps' commands after their group's entry."""
+    out: list[tuple[str, object]] = []
+    for name in sorted(group.commands):  # type: ignore[attr-defined]
+        command = group.commands[name]  # type: ignore[attr-defined]
+        full = f"{prefix}{name}"
+        out.append((full, command))
+        if hasattr(command, "commands"):
+            out += _commands(command, prefix=f"{full} ")
+    return out
 
 
 def typing_is_tuple(tp: object) -> bool:

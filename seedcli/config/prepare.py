@@ -65,10 +65,20 @@ class PrepareConfig:
         panel=FETCH,
     )
     yes: bool = option(False, "Download more than 1 GB without asking (needed without a terminal).", panel=FETCH)
+    detect: bool = option(
+        False,
+        "Synthetic world: also write the hallucination-detection sets (detect/, see `seed detect`).",
+        panel=SYNTHETIC,
+    )
 
     def __post_init__(self) -> None:
         check(self)
         require(self.train or self.pope or self.chair, "--no-train", "with --no-pope and --no-chair leaves nothing to prepare.")
         require(self.pope_from is None or self.pope, "--pope-from", "cannot be combined with --no-pope.")
+        require(
+            not self.detect or self.synthetic,
+            "--detect",
+            "needs --synthetic (import other files with `seed detect import`).",
+        )
         require(self.pope_from is None or not self.synthetic, "--pope-from", "cannot be combined with --synthetic (its POPE sets are built from the world).")
         require(not (self.fetch_only and self.synthetic), "--fetch-only", "cannot be combined with --synthetic.")

@@ -163,6 +163,11 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
             _train(cfg, sources, frozenset(eval_ids), stage, reporter, counts, dropped, findings, source)
             roots["train"] = _stored(sources.train_images, stage, relative)
 
+        if cfg.detect:
+            from seedcli.detect.world import build_detect_sets
+
+            counts.update(build_detect_sets(stage / "detect", seed=cfg.seed, reporter=reporter))
+            source["detect"] = "detect"
         counts = {key: counts[key] for key in sorted(counts, key=lambda k: COUNT_ORDER.index(k) if k in COUNT_ORDER else len(COUNT_ORDER))}
         manifest = write_manifest(stage, source=source, seed=cfg.seed, counts=counts, dropped=dict(dropped), image_roots=roots, extra=extra)
 

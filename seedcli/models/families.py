@@ -74,13 +74,23 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
-TINY_MODELS = ("tiny-llava", "tiny-qwen2-vl")
+TINY_MODELS = (
+    "tiny-llava",
+    "tiny-qwen2-vl",
+    "tiny-qwen2-vl-s",  # the three rungs of the detection pyramid (seed detect)
+    "tiny-qwen2-vl-m",
+    "tiny-qwen2-vl-l",
+)
 
 ALIASES: dict[str, str] = {
     "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
     "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
     "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
     "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen2.5-vl-32b": "Qwen/Qwen2.5-VL-32B-Instruct",
+    "qwen2.5-vl-72b": "Qwen/Qwen2.5-VL-72B-Instruct",
     "internvl3-1b": "OpenGVLab/InternVL3-1B-hf",
     "internvl3-2b": "OpenGVLab/InternVL3-2B-hf",
     "internvl3-8b": "OpenGVLab/InternVL3-8B-hf",

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,55 @@ BASE_WORDS = (
 PUNCTUATION = tuple(". , ? ! ' \" : ; - ( ) / \n".split(" ")) + ("\n",)
 
 TEXT_SIZES: dict[str, Any] = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4}
+VISION_SIZES: dict[str, Any] = {"depth": 2, "embed_dim": 64, "num_heads": 4}
 
 
-def _word_list() -> list[str]:
-    words = set(BASE_WORDS) | {p for p in PUNCTUATION if p.strip()}
+def _text_sizes(*, hidden: int, intermediate: int, layers: int, heads: int) -> dict[str, Any]:
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+    }
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One size of the Qwen2-VL-style model in the detection pyramid (`seed detect train --models`)."""
+
+    text: dict[str, Any]
+    vision: dict[str, Any]
+    image_size: int = 32
+
+
+# Three widths, one layer each (deeper rungs collapsed to a constant answer within our CPU budget, while
+# one-layer rungs learned); every head is 16 wide so the multimodal RoPE sections stay valid. The rungs'
+# vocabulary adds the detector's prompt language (seedcli.detect.prompts) to the world's words.
+RUNGS: dict[str, Rung] = {
+    "tiny-qwen2-vl-s": Rung(
+        text=_text_sizes(hidden=32, intermediate=64, layers=1, heads=2),
+        vision={"depth": 1, "embed_dim": 32, "num_heads": 2},
+    ),
+    "tiny-qwen2-vl-m": Rung(
+        text=_text_sizes(hidden=48, intermediate=96, layers=1, heads=3),
+        vision={"depth": 1, "embed_dim": 48, "num_heads": 3},
+    ),
+    "tiny-qwen2-vl-l": Rung(
+        text=_text_sizes(hidden=64, intermediate=128, layers=1, heads=4),
+        vision={"depth": 1, "embed_dim": 64, "num_heads": 4},
+    ),
+}
+
+
+def _rung_words() -> tuple[str, ...]:
+    from seedcli.detect.prompts import vocabulary
+
+    return tuple(vocabulary())
+
+
+def _word_list(extra: tuple[str, ...] = ()) -> list[str]:
+    words = set(BASE_WORDS) | {p for p in PUNCTUATION if p.strip()} | set(extra)
     table = resources.files("seedcli.data").joinpath("coco_synonyms.txt").read_text(encoding="utf-8")
     words |= {w for w in re.findall(r"\w+", table.lower())}
     try:
@@ -75,11 +121,18 @@ def _word_list() -> list[str]:
     return sorted(words)
 
 
-def _tokenizer(special: tuple[str, ...], extra: dict[str, str], eos: str, pad: str, bos: str | None) -> Any:
+def _tokenizer(
+    special: tuple[str, ...],
+    extra_special: dict[str, str],
+    eos: str,
+    pad: str,
+    bos: str | None,
+    extra: tuple[str, ...] = (),
+) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate([*special, *_word_list()])}
+    vocab = {token: i for i, token in enumerate([*special, *_word_list(extra)])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -88,7 +141,7 @@ def _tokenizer(special: tuple[str, ...], extra: dict[str, str], eos: str, pad: s
     kwargs: dict[str, Any] = {"unk_token": "<unk>", "pad_token": pad, "eos_token": eos}
     if bos:
         kwargs["bos_token"] = bos
-    return PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=extra, **kwargs)
+    return PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=extra_special, **kwargs)
 
 
 def _build_llava(out: Path) -> None:
@@ -124,20 +177,44 @@ def _build_llava(out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def _build_qwen2_vl(out: Path) -> None:
+def _build_qwen2_vl(
+    out: Path,
+    text: dict[str, Any] = TEXT_SIZES,
+    vision: dict[str, Any] = VISION_SIZES,
+    image_size: int = IMAGE_SIZE,
+    extra_words: tuple[str, ...] = (),
+) -> None:
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from seedcli.models.qwen2vl_processor import Qwen2VLImageOnlyProcessor
 
-    tokenizer = _tokenizer(QWEN_SPECIAL, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, eos="<|im_end|>", pad="<|endoftext|>", bos=None)
+    tokens = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    tokenizer = _tokenizer(QWEN_SPECIAL, tokens, eos="<|im_end|>", pad="<|endoftext|>", bos=None, extra=extra_words)
     ids = tokenizer.convert_tokens_to_ids
-    head_dim = TEXT_SIZES["hidden_size"] // TEXT_SIZES["num_attention_heads"]
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
     section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # sums to head_dim / 2, Qwen2-VL's 16/24/24 proportions
     config = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=1024, bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), rope_scaling={"type": "mrope", "mrope_section": section}, tie_word_embeddings=False, **TEXT_SIZES),
-        vision_config=dict(depth=2, embed_dim=64, hidden_size=TEXT_SIZES["hidden_size"], num_heads=4, mlp_ratio=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+            bos_token_id=None,
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
+            rope_scaling={"type": "mrope", "mrope_section": section},
+            tie_word_embeddings=False,
+            **text,
+        ),
+        vision_config=dict(
+            hidden_size=text["hidden_size"],
+            mlp_ratio=2,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            **vision,
+        ),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
@@ -150,13 +227,21 @@ def _build_qwen2_vl(out: Path) -> None:
     model = Qwen2VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = ids("<|endoftext|>")
     model.generation_config.eos_token_id = ids("<|im_end|>")
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE, patch_size=4, merge_size=2, temporal_patch_size=2)
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=pixels, max_pixels=pixels, patch_size=4, merge_size=2, temporal_patch_size=2
+    )
     processor = Qwen2VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
 
-BUILDERS = {"tiny-llava": _build_llava, "tiny-qwen2-vl": _build_qwen2_vl}
+def _build_rung(name: str) -> Any:
+    rung = RUNGS[name]
+    return lambda out: _build_qwen2_vl(out, rung.text, rung.vision, rung.image_size, _rung_words())
+
+
+BUILDERS = {"tiny-llava": _build_llava, "tiny-qwen2-vl": _build_qwen2_vl, **{name: _build_rung(name) for name in RUNGS}}
 
 
 def cache_root() -> Path:
@@ -169,6 +254,15 @@ def fingerprint(name: str) -> str:
     import transformers
 
     spec = {"name": name, "version": BUILD_VERSION, "vocab": _word_list(), "text": TEXT_SIZES, "image": IMAGE_SIZE, "transformers": transformers.__version__.split(".")[0]}
+    if name in RUNGS:
+        # Rungs are keyed by their own sizes and vocabulary; the two original models keep their keys.
+        rung = RUNGS[name]
+        spec |= {
+            "vocab": _word_list(_rung_words()),
+            "text": rung.text,
+            "vision": rung.vision,
+            "image": rung.image_size,
+        }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -46,7 +46,9 @@ def test_every_config_field_is_a_cli_option_with_the_same_default() -> None:
     commands = _click_commands()
     assert COMMAND_CONFIGS, "no command is generated from a config"
     for name, cfg_cls in COMMAND_CONFIGS.items():
-        params = {p.name: p for p in commands[name].params}
+        group, _, sub = name.partition(" ")  # sub-app commands are keyed "detect train"
+        command = commands[group].commands[sub] if sub else commands[group]
+        params = {p.name: p for p in command.params}
         for field in dataclasses.fields(cfg_cls):
             assert field.name in params, f"{name}: config field {field.name} has no CLI option"
             param = params[field.name]

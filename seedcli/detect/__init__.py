@@ -1,0 +1,1 @@
+"""HKD4VLM hallucination detection: item format, pyramid distillation, shifted-mapping inference, metrics."""

@@ -1,0 +1,135 @@
+"""Mapping-shift inference: P(hallucinated) of every option under K shifted mappings, averaged.
+
+Shift k lists the options rotated by k, names them with identifier set k mod 2 and answers with
+label-word pair k mod 3 (`prompts.shifted`); every answer belongs to the option it asked about, so
+mapping back is by original option index, and the K probabilities of an option are averaged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seedcli.detect.items import Item
+from seedcli.detect.questions import shifted_questions
+from seedcli.detect.scoring import Images, answer_logits, encode_batch
+from seedcli.reporting import NullReporter, Reporter
+
+
+def predict(
+    loaded: Any, model: Any, items: list[Item], *, shifts: int, batch_size: int, reporter: Reporter | None = None
+) -> list[list[float]]:
+    """Per item, per option (one value for a claim): P(hallucinated / not factual) averaged over `shifts`."""
+    import torch
+
+    from seedcli.detect.losses import p_hallucinated
+
+    reporter = reporter or NullReporter()
+    images = Images([item.image for item in items])
+    sums = [[0.0] * max(1, len(item.options)) for item in items]
+    was_training = model.training
+    model.eval()
+    all_questions = [shifted_questions(items, k) for k in range(shifts)]
+    total = sum(len(q) for q in all_questions)
+    with torch.no_grad(), reporter.task("detecting", total=total, unit="q") as task:
+        for questions in all_questions:
+            for start in range(0, len(questions), batch_size):
+                batch = questions[start : start + batch_size]
+                probs = p_hallucinated(
+                    answer_logits(loaded, model, encode_batch(loaded, batch, images), batch)
+                ).tolist()
+                for question, p in zip(batch, probs):
+                    sums[question.item][max(question.option, 0)] += p
+                task.advance(len(batch))
+    model.train(was_training)
+    return [[value / shifts for value in row] for row in sums]
+
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def best_threshold(pairs: list[tuple[float, bool]]) -> float:
+    """The threshold on P(hallucinated) (grid 0.01..0.99) with the best F1 on (p, gold) pairs; ties: closest to 0.5."""
+    from seedcli.detect.metrics import prf
+
+    if not any(gold for _, gold in pairs):
+        return DEFAULT_THRESHOLD
+    grid = [i / 100 for i in range(1, 100)]
+    return max(grid, key=lambda t: (prf((g, p > t) for p, g in pairs)["f1"], -abs(t - DEFAULT_THRESHOLD)))
+
+
+def calibrate(items: list[Item], probs: list[list[float]]) -> dict[str, float]:
+    """Per-track thresholds that maximise F1 on labelled (dev) items."""
+    t1 = [
+        (p, item.hallucinated()[o.id])
+        for item, row in zip(items, probs)
+        if item.track == 1
+        for o, p in zip(item.options, row)
+    ]
+    t2 = [(row[0], not item.factual()) for item, row in zip(items, probs) if item.track == 2]
+    return {
+        "track1": best_threshold(t1) if t1 else DEFAULT_THRESHOLD,
+        "track2": best_threshold(t2) if t2 else DEFAULT_THRESHOLD,
+    }
+
+
+def uniform(threshold: float) -> dict[str, float]:
+    """The same threshold for both tracks."""
+    return {"track1": threshold, "track2": threshold}
+
+
+def flagged(items: list[Item], probs: list[list[float]], thresholds: dict[str, float]) -> list[dict[str, Any]]:
+    """Output records for pipelines: options with their probability and flag; claims with theirs."""
+    out = []
+    for item, row in zip(items, probs):
+        threshold = thresholds[f"track{item.track}"]
+        if item.track == 1:
+            options = [
+                {
+                    "id": o.id,
+                    "text": o.text,
+                    "kind": o.kind,
+                    "p_hallucinated": round(p, 6),
+                    "hallucinated": p > threshold,
+                }
+                for o, p in zip(item.options, row)
+            ]
+            hallucinated = [o["id"] for o in options if o["hallucinated"]]
+            out.append({"id": item.id, "track": 1, "options": options, "hallucinated": hallucinated})
+        else:
+            out.append(
+                {
+                    "id": item.id,
+                    "track": 2,
+                    "claim": item.text,
+                    "p_not_factual": round(row[0], 6),
+                    "factual": row[0] <= threshold,
+                }
+            )
+    return out
+
+
+def score(
+    items: list[Item], probs: list[list[float]], thresholds: dict[str, float]
+) -> tuple[dict[str, Any], list[bool]]:
+    """Track 1 and Track 2 metrics of labelled items, and the per-question correctness vector (for McNemar)."""
+    from seedcli.detect import metrics
+
+    t1: list[tuple[str, bool, bool]] = []
+    t2: list[tuple[bool, bool]] = []
+    correct: list[bool] = []
+    for item, row in zip(items, probs):
+        threshold = thresholds[f"track{item.track}"]
+        if item.track == 1:
+            gold = item.hallucinated()
+            for option, p in zip(item.options, row):
+                t1.append((option.kind, gold[option.id], p > threshold))
+                correct.append(gold[option.id] == (p > threshold))
+        else:
+            t2.append((not item.factual(), row[0] > threshold))
+            correct.append(t2[-1][0] == t2[-1][1])
+    result: dict[str, Any] = {}
+    if t1:
+        result["track1"] = metrics.track1(t1)
+    if t2:
+        result["track2"] = metrics.track2(t2)
+    return result, correct

@@ -1,0 +1,68 @@
+"""Detection losses against closed forms and identities."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from seedcli.detect import losses
+from seedcli.detect.metrics import prf, track1
+
+
+def test_kd_is_zero_for_identical_distributions_and_matches_the_closed_form() -> None:
+    s = torch.tensor([[0.3, -1.2], [2.0, 0.5]])
+    assert losses.kd_kl(s, s.clone(), 2.0).item() == 0.0
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    temp = 3.0
+    expected = 0.0
+    for srow, trow in zip(s.tolist(), t.tolist()):
+        ps = torch.softmax(torch.tensor(srow) / temp, 0).tolist()
+        pt = torch.softmax(torch.tensor(trow) / temp, 0).tolist()
+        expected += sum(b * math.log(b / a) for a, b in zip(ps, pt))
+    assert math.isclose(losses.kd_kl(s, t, temp).item(), temp**2 * expected / 2, rel_tol=1e-5)
+
+
+def test_kd_gradient_vanishes_at_the_teacher() -> None:
+    t = torch.tensor([[0.7, -0.4]])
+    s = t.clone().requires_grad_(True)
+    losses.kd_kl(s, t, 2.0).backward()
+    assert torch.allclose(s.grad, torch.zeros_like(s), atol=1e-7)
+
+
+def test_hybrid_without_teachers_is_cross_entropy_and_weights_add() -> None:
+    s = torch.tensor([[0.2, 0.9], [1.5, -0.5]])
+    y = torch.tensor([1, 0])
+    ce = -(torch.log_softmax(s, -1)[0, 1] + torch.log_softmax(s, -1)[1, 0]) / 2
+    total, parts = losses.hybrid(s, y, [], label_weight=1.0, temperature=2.0)
+    assert torch.isclose(total, ce) and math.isclose(parts["ce"], ce.item(), rel_tol=1e-6)
+    t1, t2 = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 2.0], [0.5, 0.5]])
+    total, _ = losses.hybrid(s, y, [(t1, 0.3), (t2, 0.2)], label_weight=0.5, temperature=2.0)
+    expected = 0.5 * ce + 0.3 * losses.kd_kl(s, t1, 2.0) + 0.2 * losses.kd_kl(s, t2, 2.0)
+    assert torch.isclose(total, expected)
+
+
+def test_empty_batches_give_zero() -> None:
+    empty = torch.zeros(0, 2)
+    assert losses.label_ce(empty, torch.zeros(0, dtype=torch.long)).item() == 0.0
+    assert losses.kd_kl(empty, empty, 2.0).item() == 0.0
+
+
+def test_metrics() -> None:
+    scores = prf([(True, True), (True, False), (False, True), (False, False)])
+    assert scores["precision"] == 50.0 and scores["recall"] == 50.0 and scores["f1"] == 50.0
+    result = track1([("object", True, True), ("attribute", True, False), ("attribute", False, False)])
+    assert result["kinds"]["object"]["f1"] == 100.0 and result["kinds"]["attribute"]["f1"] == 0.0
+    assert result["macro_f1"] == 50.0  # relation absent: not averaged in
+    assert math.isclose(result["options"]["f1"], 2 * 100 * 50 / 150)
+
+
+def test_best_threshold_maximises_f1_and_prefers_one_half_on_ties() -> None:
+    from seedcli.detect.infer import best_threshold
+
+    pairs = [(0.1, False), (0.2, False), (0.3, True), (0.35, True), (0.6, False)]
+    t = best_threshold(pairs)
+    assert t == 0.29  # [0.2, 0.3) flags both positives and 0.6 (F1 0.8, the best); 0.29 is nearest 0.5
+    assert best_threshold([(0.9, False), (0.1, False)]) == 0.5  # no positives: the default
+    separable = [(0.7, True), (0.2, False)]
+    assert best_threshold(separable) == 0.5  # every t in [0.2, 0.7) is perfect; 0.5 is closest to 0.5
