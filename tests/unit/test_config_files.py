@@ -121,5 +121,7 @@ def test_every_command_takes_config_and_print_config():
 
     group = typer.main.get_command(app)
     for name in COMMAND_CONFIGS:
-        options = {opt for param in group.commands[name].params for opt in param.opts}  # type: ignore[attr-defined]
+        top, _, sub = name.partition(" ")  # sub-app commands are keyed "detect train"
+        command = group.commands[top].commands[sub] if sub else group.commands[name]  # type: ignore[attr-defined]
+        options = {opt for param in command.params for opt in param.opts}
         assert {"--config", "--print-config"} <= options, name
