@@ -8,7 +8,7 @@ from pathlib import Path
 from seedcli.config.base import check, option, require
 from seedcli.data.chair_gt import CHAIR_IMAGES
 from seedcli.data.pope import OBJECTS_PER_IMAGE
-from seedcli.data.world_defaults import DEFAULT_COOCCURRENCE, DEFAULT_IMAGES
+from seedcli.data.world_defaults import DEFAULT_COOCCURRENCE, DEFAULT_IMAGES, WORLD_NAMES, world_knobs
 
 INPUTS = "Inputs"
 OUTPUT = "Output"
@@ -70,6 +70,29 @@ class PrepareConfig:
         "Synthetic world: also write the hallucination-detection sets (detect/, see `seed detect`).",
         panel=SYNTHETIC,
     )
+    world: str = option(
+        "clean",
+        "Synthetic world preset of the text-borne hallucination sources: clean (balanced, perfect labels) or "
+        "llava-like (docs/data.md). --yes-rate, --label-noise and --partner-negatives override it.",
+        choices=WORLD_NAMES,
+        panel=SYNTHETIC,
+    )
+    yes_rate: float | None = option(
+        None, "Synthetic world: share of training existence questions drawn as 'yes' (default: the preset's).",
+        min=0.0, max=1.0, panel=SYNTHETIC,
+    )
+    label_noise: float | None = option(
+        None,
+        "Synthetic world: probability that a training description or 'yes' answer names the absent usual partner "
+        "of a visible object, as a hallucinated annotation would (default: the preset's).",
+        min=0.0, max=1.0, panel=SYNTHETIC,
+    )
+    partner_negatives: float | None = option(
+        None,
+        "Synthetic world: probability that a 'no' question asks about the absent usual partner of a visible "
+        "object, when there is one (default: the preset's).",
+        min=0.0, max=1.0, panel=SYNTHETIC,
+    )
 
     def __post_init__(self) -> None:
         check(self)
@@ -82,3 +105,10 @@ class PrepareConfig:
         )
         require(self.pope_from is None or not self.synthetic, "--pope-from", "cannot be combined with --synthetic (its POPE sets are built from the world).")
         require(not (self.fetch_only and self.synthetic), "--fetch-only", "cannot be combined with --synthetic.")
+
+    def world_knobs(self) -> dict[str, float]:
+        """The synthetic world's hallucination sources in force: the preset, then the explicit flags."""
+        knobs = world_knobs(
+            self.world, yes_rate=self.yes_rate, label_noise=self.label_noise, partner_negatives=self.partner_negatives
+        )
+        return knobs | {"cooccurrence": self.cooccurrence}

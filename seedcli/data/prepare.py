@@ -205,10 +205,23 @@ def _stored(path: Path, stage: Path, relative: bool) -> str:
 
 
 def _build_world(cfg: PrepareConfig, stage: Path, reporter: Reporter, source: dict[str, Any], findings: Findings) -> Sources:
-    from seedcli.data.synthetic import build_world
+    from seedcli.data.synthetic import Mix, build_world
 
-    world = build_world(stage / WORLD_DIR, n_images=cfg.synthetic_images, seed=cfg.seed, cooccurrence=cfg.cooccurrence, reporter=reporter)
+    knobs = cfg.world_knobs()
+    mix = Mix(
+        yes_rate=knobs["yes_rate"], label_noise=knobs["label_noise"], partner_negative_rate=knobs["partner_negatives"]
+    )
+    world = build_world(
+        stage / WORLD_DIR,
+        n_images=cfg.synthetic_images,
+        seed=cfg.seed,
+        cooccurrence=cfg.cooccurrence,
+        reporter=reporter,
+        mix=mix,
+    )
     source.update({"synthetic_images": cfg.synthetic_images, "cooccurrence": cfg.cooccurrence, "world": WORLD_DIR})
+    # The hallucination sources: the preset, the values in force, and the same rates measured on the data.
+    source.update({"world_preset": cfg.world, "knobs": knobs, "realised": world.stats["realised"]})
     findings.note(f"Synthetic world built in {WORLD_DIR}/ with {len(world.eval_image_ids)} held-out evaluation images.")
     return Sources(
         instruct=world.instruct_json if cfg.train else None,

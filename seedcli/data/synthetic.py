@@ -9,6 +9,13 @@ absent anchor; never an anchor, so P(partner | anchor) is exactly `cooccurrence`
 A tiny model trained on the conversations learns "fork, therefore knife": the language prior that
 POPE-adversarial and CHAIR measure and that SEED should purge.
 
+Besides that visual co-occurrence, the conversations can carry the text-borne sources of real
+machine-generated instruction data, each a `Mix` knob: `yes_rate` (existence questions drawn as
+positives), `label_noise` (descriptions and "yes" answers that name the absent usual partner of a
+visible anchor, as a hallucinated annotation would) and `partner_negative_rate` (how often a "no"
+question asks about exactly that absent partner). At their defaults no extra random draw is made,
+so the default world is byte-identical to the world before these knobs existed.
+
 Layout under `raw_dir` (COCO conventions, so the real prepare path reads it unchanged)::
 
     llava_instruct_synthetic.json           LLaVA-Instruct conversations over the training images
@@ -124,6 +131,7 @@ class Mix:
     two_anchor_rate: float = 0.5
     distractor_rate: float = 0.35
     partner_negative_rate: float = 0.5
+    label_noise: float = 0.0
     description_rate: float = 0.6
     count_rate: float = 0.3
     existence_questions: tuple[int, int] = (1, 3)
@@ -337,15 +345,27 @@ def existence_question(name: str, rng: random.Random, mix: Mix) -> str:
     return question
 
 
+def _missing_partners(present: set[str], taken: set[str]) -> list[str]:
+    """Usual partners of present anchors that are absent and not in `taken`, sorted."""
+    partner_of = _partner_of()
+    return sorted(partner_of[a] for a in present if a in partner_of and partner_of[a] not in present | taken)
+
+
 def _negative(present: set[str], asked: set[str], rng: random.Random, mix: Mix) -> str:
     # An absent partner of a present anchor is asked with `partner_negative_rate`: the learnable
     # counter-evidence to the prior; otherwise a uniform absent kind not asked yet.
-    partner_of = _partner_of()
     taken = present | asked
-    missing_partners = sorted(partner_of[a] for a in present if a in partner_of and partner_of[a] not in taken)
+    missing_partners = _missing_partners(present, taken)
     if missing_partners and rng.random() < mix.partner_negative_rate:
         return rng.choice(missing_partners)
     return rng.choice([k.name for k in KINDS if k.name not in taken])
+
+
+def hallucinated_partners(present: set[str], rng: random.Random, mix: Mix) -> list[str]:
+    """Absent usual partners a noisy annotator names, each with probability `label_noise` (no draw at 0)."""
+    if mix.label_noise <= 0.0:
+        return []
+    return [p for p in _missing_partners(present, set()) if rng.random() < mix.label_noise]
 
 
 def conversation(scene: Scene, rng: random.Random, mix: Mix) -> tuple[dict[str, Any], Counter[str]]:
@@ -353,20 +373,34 @@ def conversation(scene: Scene, rng: random.Random, mix: Mix) -> tuple[dict[str, 
     present = scene.names
     turns: list[tuple[str, str]] = []
     tally: Counter[str] = Counter()
+    missing = _missing_partners(present, set())
     if rng.random() < mix.description_rate:
-        turns.append((rng.choice(DESCRIBE_PROMPTS), describe(present, rng)))
+        extra = hallucinated_partners(present, rng, mix)
+        turns.append((rng.choice(DESCRIBE_PROMPTS), describe(present | set(extra), rng)))
         tally["description"] += 1
+        tally["description_missing_partners"] += len(missing)
+        tally["description_hallucinated"] += len(extra)
     asked: set[str] = set()
     for _ in range(rng.randint(*mix.existence_questions)):
         positive = rng.random() < mix.yes_rate
         candidates = sorted(present - asked)
-        if positive and candidates:
+        unasked_missing = _missing_partners(present, asked)
+        hallucinated = False
+        if positive and unasked_missing:
+            tally["yes_missing_partner"] += 1
+            # A hallucinated annotation: "yes" to the absent partner (no draw when label_noise is 0).
+            hallucinated = mix.label_noise > 0.0 and rng.random() < mix.label_noise
+        if hallucinated:
+            name = rng.choice(unasked_missing)
+            tally["yes_hallucinated"] += 1
+        elif positive and candidates:
             name = rng.choice(candidates)
         else:
             positive = False
+            if unasked_missing:
+                tally["no_missing_partner"] += 1
             name = _negative(present, asked, rng, mix)
-            partner_of = _partner_of()
-            if any(partner_of.get(a) == name for a in present):
+            if name in unasked_missing:
                 tally["no_partner"] += 1
         asked.add(name)
         turns.append((existence_question(name, rng, mix), YES if positive else NO))
@@ -443,8 +477,17 @@ def _pair_rates(scenes: Sequence[Scene]) -> dict[str, dict[str, float | int | No
     return rates
 
 
+def _share(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
 def world_stats(
-    train: Sequence[Scene], evals: Sequence[Scene], answers: Counter[str], cooccurrence: float, seed: int
+    train: Sequence[Scene],
+    evals: Sequence[Scene],
+    answers: Counter[str],
+    cooccurrence: float,
+    seed: int,
+    mix: Mix = Mix(),
 ) -> dict[str, Any]:
     """Counts per category, pair co-occurrence rates, object-count histograms, answer mix."""
 
@@ -459,6 +502,21 @@ def world_stats(
     return {
         "seed": seed,
         "cooccurrence": cooccurrence,
+        "knobs": {
+            "yes_rate": mix.yes_rate,
+            "label_noise": mix.label_noise,
+            "partner_negatives": mix.partner_negative_rate,
+            "cooccurrence": cooccurrence,
+        },
+        # The same knobs measured on the generated training conversations.
+        "realised": {
+            "yes_share": _share(answers["yes"], answers["yes"] + answers["no"]),
+            "description_hallucination_rate": _share(
+                answers["description_hallucinated"], answers["description_missing_partners"]
+            ),
+            "yes_hallucination_rate": _share(answers["yes_hallucinated"], answers["yes_missing_partner"]),
+            "partner_negative_share": _share(answers["no_partner"], answers["no_missing_partner"]),
+        },
         "train_images": len(train),
         "eval_images": len(evals),
         "eval_images_min3": sum(len(s.names) >= 3 for s in evals),
@@ -467,7 +525,13 @@ def world_stats(
         "category_counts": {"train": per_category(train), "eval": per_category(evals)},
         "objects_per_image": {"train": histogram(train), "eval": histogram(evals)},
         "pair_cooccurrence": {"train": _pair_rates(train), "eval": _pair_rates(evals)},
-        "answers": {k: answers[k] for k in ("description", "yes", "no", "no_partner", "count")},
+        "answers": {
+            k: answers[k]
+            for k in (
+                "description", "yes", "no", "no_partner", "count", "no_missing_partner", "yes_missing_partner",
+                "yes_hallucinated", "description_missing_partners", "description_hallucinated",
+            )
+        },  # fmt: skip
         # P(yes | "Is there a X?") in training: the text-only prior a noised image leaves behind.
         "question_yes_rate": {
             k.name: answers[f"yes:{k.name}"] / answers[f"asked:{k.name}"] if answers[f"asked:{k.name}"] else None
@@ -476,9 +540,16 @@ def world_stats(
     }
 
 
-def _check_args(n_images: int, cooccurrence: float, eval_fraction: float, image_size: int) -> None:
-    if not 0.0 <= cooccurrence <= 1.0:
-        raise ConfigError(f"--cooccurrence must be in [0, 1] (got {cooccurrence}).")
+def _check_args(n_images: int, cooccurrence: float, eval_fraction: float, image_size: int, mix: Mix) -> None:
+    knobs = {
+        "--cooccurrence": cooccurrence,
+        "--yes-rate": mix.yes_rate,
+        "--label-noise": mix.label_noise,
+        "--partner-negatives": mix.partner_negative_rate,
+    }
+    for flag, value in knobs.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{flag} must be in [0, 1] (got {value}).")
     if not 0.0 < eval_fraction < 1.0:
         raise ConfigError(f"eval_fraction must be in (0, 1) (got {eval_fraction}).")
     if n_images < 2 or round(n_images * eval_fraction) < 1 or n_images - round(n_images * eval_fraction) < 1:
@@ -503,7 +574,7 @@ def build_world(
     mix: Mix = Mix(),
 ) -> World:
     """Render the world into `raw_dir` (images, COCO annotations, LLaVA-Instruct JSON); deterministic in `seed`."""
-    _check_args(n_images, cooccurrence, eval_fraction, image_size)
+    _check_args(n_images, cooccurrence, eval_fraction, image_size, mix)
     reporter = reporter or NullReporter()
     raw_dir = Path(raw_dir)
     rng = random.Random(seed)
@@ -549,10 +620,11 @@ def build_world(
     )
     atomic.write_text(raw_dir / INSTRUCT_FILE, json.dumps(records))
 
-    stats = world_stats(train, evals, answers, cooccurrence, seed)
+    stats = world_stats(train, evals, answers, cooccurrence, seed, mix)
     reporter.info(
         f"synthetic world: {len(train)} training and {len(evals)} evaluation images "
-        f"({stats['eval_images_min3']} with >= 3 objects), co-occurrence {cooccurrence}"
+        f"({stats['eval_images_min3']} with >= 3 objects), co-occurrence {cooccurrence}, "
+        f"yes-rate {mix.yes_rate}, label noise {mix.label_noise}, partner negatives {mix.partner_negative_rate}"
     )
     return World(
         instruct_json=raw_dir / INSTRUCT_FILE,

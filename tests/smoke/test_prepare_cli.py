@@ -186,3 +186,37 @@ def test_synthetic_world_is_a_movable_data_directory(tmp_path: Path, capsys: pyt
     assert len(pope_rows) == 6 * summary["counts"]["pope_images"]
     eval_ids = {image_id_from_name(r["image"]) for r in pope_rows} | {row["image_id"] for row in chair}
     assert not eval_ids & {image_id_from_name(r.image) for r in train}
+
+
+def test_synthetic_world_knobs_are_recorded_and_flags_override_the_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seedcli.data.world_defaults import WORLDS
+
+    base = ["prepare", "--synthetic", "--synthetic-images", "120", "--json"]
+    runs = {
+        "clean": [],
+        "llava": ["--world", "llava-like"],
+        "override": ["--world", "llava-like", "--yes-rate", "0.6", "--label-noise", "0", "--partner-negatives", "0.3"],
+    }
+    manifests = {}
+    for name, flags in runs.items():
+        code, _, stderr = _run([*base, "--out", str(tmp_path / name), *flags], capsys)
+        assert code == 0, stderr
+        manifests[name] = open_data_dir(tmp_path / name).manifest
+    cooc = {"cooccurrence": 0.9}
+    assert manifests["clean"]["source"]["world_preset"] == "clean"
+    assert manifests["clean"]["source"]["knobs"] == WORLDS["clean"] | cooc
+    assert manifests["llava"]["source"]["knobs"] == WORLDS["llava-like"] | cooc
+    override = {"yes_rate": 0.6, "label_noise": 0.0, "partner_negatives": 0.3}
+    assert manifests["override"]["source"]["knobs"] == override | cooc
+    assert manifests["override"]["config"]["world"] == "llava-like"
+    assert manifests["override"]["config"]["yes_rate"] == 0.6
+    realised = manifests["llava"]["source"]["realised"]
+    assert realised["yes_share"] > manifests["clean"]["source"]["realised"]["yes_share"] + 0.15
+    # Evaluation sets depend on the images only, which the knobs do not touch.
+    for split in POPE_SPLITS:
+        clean, llava = (tmp_path / name / pope_file(split) for name in ("clean", "llava"))
+        assert clean.read_bytes() == llava.read_bytes()
+    code, _, stderr = _run([*base, "--out", str(tmp_path / "bad"), "--label-noise", "1.5"], capsys)
+    assert code == 2 and "--label-noise" in stderr and not (tmp_path / "bad").exists()

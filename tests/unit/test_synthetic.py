@@ -352,3 +352,132 @@ def test_bad_arguments_name_the_flag(tmp_path: Path, kwargs: dict[str, Any], fla
     with pytest.raises(ConfigError, match=re.escape(flag)):
         build_world(tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- hallucination sources
+
+
+def _conversation_tally(mix: synthetic.Mix, n: int = 20000, seed: int = 1) -> dict[str, int]:
+    """Answer counts of `n` conversations over sampled scenes (no rendering: the knobs act on texts only)."""
+    rng = random.Random(seed)
+    tally: dict[str, int] = {}
+    for i in range(n):
+        names = synthetic.sample_names(rng, 0.9, mix)
+        scene = synthetic.Scene(i, "x.png", tuple(synthetic.Placement(m, 0, (0, 0, 1, 1), 1) for m in names))
+        for key, value in synthetic.conversation(scene, rng, mix)[1].items():
+            tally[key] = tally.get(key, 0) + value
+    return tally
+
+
+def _sd(p: float, n: int) -> float:
+    return (p * (1 - p) / n) ** 0.5
+
+
+@pytest.mark.parametrize("yes_rate", [0.5, 0.75, 0.85])
+def test_yes_rate_sets_the_share_of_yes_answers(yes_rate: float) -> None:
+    tally = _conversation_tally(synthetic.Mix(yes_rate=yes_rate))
+    asked = tally["yes"] + tally["no"]
+    share = tally["yes"] / asked
+    # A question drawn positive on an image whose objects were all asked already becomes a "no",
+    # so the share is at most the rate and (documented) falls short of it by under 3 points.
+    assert yes_rate - 0.03 < share < yes_rate + 3 * _sd(yes_rate, asked)
+    assert tally.get("yes_hallucinated", 0) == 0  # no label noise asked for, none made
+
+
+@pytest.mark.parametrize("label_noise", [0.1, 0.2, 0.4])
+def test_label_noise_names_absent_partners_at_the_requested_rate(label_noise: float) -> None:
+    tally = _conversation_tally(synthetic.Mix(label_noise=label_noise))
+    for hallucinated, eligible in (
+        ("description_hallucinated", "description_missing_partners"),
+        ("yes_hallucinated", "yes_missing_partner"),
+    ):
+        n = tally[eligible]
+        assert n > 1000
+        assert abs(tally[hallucinated] / n - label_noise) < 3.5 * _sd(label_noise, n), hallucinated
+    # Label noise turns true "yes" answers into false ones; it does not add "yes" answers.
+    assert abs(tally["yes"] / (tally["yes"] + tally["no"]) - 0.5) < 0.01
+
+
+def test_partner_negatives_set_how_often_a_no_asks_about_the_absent_partner() -> None:
+    # Besides the deliberate draw, the uniform negative can land on the absent partner too (rate r0).
+    r0 = _conversation_tally(synthetic.Mix(partner_negative_rate=0.0))
+    base = r0["no_partner"] / r0["no_missing_partner"]
+    assert 0.05 < base < 0.2
+    for rate in (0.1, 0.5, 0.9):
+        tally = _conversation_tally(synthetic.Mix(partner_negative_rate=rate))
+        expected = rate + (1 - rate) * base
+        n = tally["no_missing_partner"]
+        tolerance = 3.5 * _sd(expected, n) + 3 * _sd(base, r0["no_missing_partner"])
+        assert abs(tally["no_partner"] / n - expected) < tolerance
+
+
+def _answers_on_disk(world: synthetic.World, root: Path) -> dict[str, int]:
+    """Counts read back from the written conversations against the training instances (the ground truth)."""
+    truth = coco_sets(root / synthetic.INSTANCES_TRAIN)
+    partners = dict(world.pairs)
+    counts = {"yes": 0, "no": 0, "false_yes": 0, "descriptions": 0, "false_mentions": 0, "false_non_partner": 0}
+    for record in json.loads(world.instruct_json.read_text()):
+        present = truth[int(record["id"])]
+        missing = {partners[p] for p in present if p in partners} - present
+        turns = record["conversations"]
+        for question, answer in zip(turns[::2], turns[1::2]):
+            q, a = question["value"].removeprefix("<image>\n"), answer["value"]
+            asked = re.match(r"Is there an? (\w+) in the image\?", q)
+            if asked:
+                counts["yes" if a == "Yes." else "no"] += 1
+                if a == "Yes." and asked.group(1) not in present:
+                    counts["false_yes"] += 1
+                    counts["false_non_partner"] += asked.group(1) not in missing
+                if a == "No.":
+                    assert asked.group(1) not in present  # noise never denies a visible object
+            elif not q.startswith("How many"):
+                counts["descriptions"] += 1
+                extra = mentioned(a) - present
+                counts["false_mentions"] += len(extra)
+                counts["false_non_partner"] += len(extra - missing)
+                assert present <= mentioned(a)  # noise adds objects, never drops one
+    return counts
+
+
+def test_knobs_change_the_written_world_and_only_its_training_texts(tmp_path: Path) -> None:
+    kwargs = {"n_images": 400, "seed": 5, "image_size": 16}
+    clean = build_world(tmp_path / "clean", **kwargs)
+    noisy_mix = synthetic.Mix(yes_rate=0.85, label_noise=0.4, partner_negative_rate=0.1)
+    noisy = build_world(tmp_path / "noisy", mix=noisy_mix, **kwargs)
+    again = build_world(tmp_path / "again", mix=noisy_mix, **kwargs)
+    assert tree_digest(tmp_path / "noisy") == tree_digest(tmp_path / "again")  # deterministic per seed
+    assert noisy.stats == again.stats
+    a, b = _answers_on_disk(clean, tmp_path / "clean"), _answers_on_disk(noisy, tmp_path / "noisy")
+    assert a["false_yes"] == a["false_mentions"] == 0
+    assert b["false_yes"] > 0 and b["false_mentions"] > 0 and b["false_non_partner"] == 0
+    assert b["yes"] / (b["yes"] + b["no"]) > a["yes"] / (a["yes"] + a["no"]) + 0.25
+    assert b["false_yes"] == noisy.stats["answers"]["yes_hallucinated"]
+    assert b["false_mentions"] == noisy.stats["answers"]["description_hallucinated"]
+    assert noisy.stats["knobs"] == {"yes_rate": 0.85, "label_noise": 0.4, "partner_negatives": 0.1, "cooccurrence": 0.9}
+    # The pictures and the evaluation ground truth do not depend on the knobs.
+    da, db = tree_digest(tmp_path / "clean"), tree_digest(tmp_path / "noisy")
+    assert {p: h for p, h in da.items() if p.endswith(".png")} == {p: h for p, h in db.items() if p.endswith(".png")}
+    assert da[synthetic.INSTANCES_EVAL] == db[synthetic.INSTANCES_EVAL]
+    assert clean.eval_image_ids == noisy.eval_image_ids
+    sets = coco_sets(noisy.instances_json)
+    for row in json.loads(noisy.captions_json.read_text())["annotations"]:
+        assert caption_categories(row["caption"]) == sets[row["image_id"]]  # reference captions stay exact
+
+
+def test_default_mix_is_the_clean_preset() -> None:
+    from seedcli.data.world_defaults import WORLDS
+
+    mix = synthetic.Mix()
+    clean = WORLDS["clean"]
+    assert (mix.yes_rate, mix.label_noise, mix.partner_negative_rate) == (
+        clean["yes_rate"], clean["label_noise"], clean["partner_negatives"],
+    )  # fmt: skip
+    assert all(0.0 <= v <= 1.0 for preset in WORLDS.values() for v in preset.values())
+
+
+@pytest.mark.parametrize("knob, flag", [("yes_rate", "--yes-rate"), ("label_noise", "--label-noise"),
+                                        ("partner_negative_rate", "--partner-negatives")])
+def test_bad_knob_names_the_flag(tmp_path: Path, knob: str, flag: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(flag)):
+        build_world(tmp_path, n_images=12, image_size=16, mix=synthetic.Mix(**{knob: 1.5}))
+    assert not any(tmp_path.iterdir())
