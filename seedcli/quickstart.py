@@ -34,7 +34,10 @@ DATA_DIR = "data"
 RUNS_DIR = "runs"
 EVAL_DIR = "eval"
 MODELS = ("base", "sft", "seed")
-LABELS = {"base": "base", "sft": "SFT", "seed": "SEED"}
+VCD = "vcd"
+"""The base model with Visual Contrastive Decoding: the fourth column."""
+LABELS = {"base": "base", "sft": "SFT", "seed": "SEED", VCD: "base+VCD"}
+VCD_EVAL_DIR = "eval-vcd"
 POPE_SPLITS = ("random", "popular", "adversarial")
 POPE_METRICS = ("f1", "accuracy", "precision", "recall", "yes_ratio")
 CHAIR_METRICS = ("chair_i_pct", "chair_s_pct", "recall_pct", "mean_length_words")
@@ -62,7 +65,7 @@ def _claim_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file() and not (out / DATA_DIR).is_dir() and not overwrite:
         raise ConfigError(f"--out {out} exists and was not written by `seed quickstart`; choose another --out or pass --overwrite.")
     out.mkdir(parents=True, exist_ok=True)
-    for name in (RESULTS, EVAL_DIR, RUNS_DIR):
+    for name in (RESULTS, EVAL_DIR, VCD_EVAL_DIR, RUNS_DIR):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -70,7 +73,8 @@ def _claim_out(out: Path, overwrite: bool) -> None:
             path.unlink()
 
 
-def _prepare(cfg: QuickstartConfig, out: Path, reporter: Reporter) -> dict[str, Any]:
+def prepare_world(cfg: QuickstartConfig, out: Path, reporter: Reporter) -> dict[str, Any]:
+    """`seed prepare --synthetic` into OUT/data with the quickstart's world settings; returns its summary."""
     from seedcli.config.prepare import PrepareConfig
     from seedcli.data.prepare import prepare
 
@@ -81,6 +85,10 @@ def _prepare(cfg: QuickstartConfig, out: Path, reporter: Reporter) -> dict[str, 
         seed=cfg.seed,
         synthetic_images=cfg.synthetic_images,
         cooccurrence=cfg.cooccurrence,
+        world=cfg.world,
+        yes_rate=cfg.yes_rate,
+        label_noise=cfg.label_noise,
+        partner_negatives=cfg.partner_negatives,
     )
     return prepare(prepare_cfg, reporter)
 
@@ -113,13 +121,16 @@ def distill_config(cfg: QuickstartConfig, base: Path, data: Path, method: str, o
     )
 
 
-def evaluate_config(cfg: QuickstartConfig, base: Path, data: Path, runs: dict[str, Path], out: Path) -> Any:
-    """The EvaluateConfig comparing the base model with the SFT and SEED adapters."""
+def evaluate_config(
+    cfg: QuickstartConfig, base: Path, data: Path, runs: dict[str, Path], out: Path, decode: str = "plain"
+) -> Any:
+    """The EvaluateConfig comparing the base model with the given adapters (none: the base model alone)."""
     from seedcli.config.evaluate import EvaluateConfig
 
     return EvaluateConfig(
         model=str(base),
-        adapter=tuple(str(runs[m]) for m in MODELS[1:]),
+        adapter=tuple(str(path) for path in runs.values()),
+        decode=decode,
         data=data,
         pope="all",
         chair=True,
@@ -133,19 +144,33 @@ def evaluate_config(cfg: QuickstartConfig, base: Path, data: Path, runs: dict[st
     )
 
 
-def comparison_table(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """metric name -> {base, sft, seed} in percent (official POPE parser; CHAIR as reported)."""
+def comparison_table(results: dict[str, Any], rename: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """metric name -> {model: value} in percent (official POPE parser; CHAIR as reported).
+
+    `rename` maps a model label of `results` to its column (the VCD evaluation's "base" is "vcd").
+    """
+    names = rename or {m: m for m in MODELS}
     table: dict[str, dict[str, float]] = {}
+    pope, chair = results.get("pope", {}), results.get("chair", {})
     for split in POPE_SPLITS:
         for metric in POPE_METRICS:
-            row = {m: 100.0 * results["pope"][m][split]["official"][metric] for m in MODELS if split in results["pope"].get(m, {})}
+            row = {c: 100.0 * pope[m][split]["official"][metric] for m, c in names.items() if split in pope.get(m, {})}
             if row:
                 table[f"pope_{split}_{metric}"] = row
     for metric in CHAIR_METRICS:
-        row = {m: float(results["chair"][m][metric]) for m in MODELS if m in results.get("chair", {})}
+        row = {c: float(chair[m][metric]) for m, c in names.items() if m in chair}
         if row:
             table[f"chair_{metric}"] = row
     return table
+
+
+def merge_tables(*tables: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Metric-wise union of comparison tables (columns of later tables added to earlier rows)."""
+    merged: dict[str, dict[str, float]] = {}
+    for table in tables:
+        for metric, row in table.items():
+            merged.setdefault(metric, {}).update(row)
+    return merged
 
 
 def _partners() -> dict[str, str]:
@@ -205,6 +230,7 @@ def examples(samples: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
 def quickstart(cfg: QuickstartConfig, reporter: Reporter) -> dict[str, Any]:
     """Run the whole quickstart and write OUT/quickstart.json; returns its content."""
     from seedcli.core.distill import distill
+    from seedcli.data.datadir import open_data_dir
     from seedcli.evals.runner import evaluate
     from seedcli.world_model import WorldRecipe, ensure_world_model
 
@@ -214,9 +240,12 @@ def quickstart(cfg: QuickstartConfig, reporter: Reporter) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     started = time.monotonic()
     with torch_threads(r.threads):
-        reporter.info(f"[1/4] synthetic world: {r.synthetic_images} images, co-occurrence {r.cooccurrence}, seed {r.seed}")
+        reporter.info(
+            f"[1/4] synthetic world '{r.world}': {r.synthetic_images} images, co-occurrence {r.cooccurrence}, "
+            f"seed {r.seed}"
+        )
         clock = time.monotonic()
-        prepared = _prepare(r, out, reporter)
+        prepared = prepare_world(r, out, reporter)
         data = out / DATA_DIR
         seconds["prepare"] = time.monotonic() - clock
 
@@ -235,22 +264,43 @@ def quickstart(cfg: QuickstartConfig, reporter: Reporter) -> dict[str, Any]:
             summaries[method] = distill(distill_config(r, base, data, method, runs[method]), reporter)
             seconds[f"distill_{method}"] = time.monotonic() - clock
 
-        reporter.info("[4/4] evaluate: base, SFT and SEED on POPE (greedy) and CHAIR")
+        columns = "base, SFT, SEED" + (" and base with VCD decoding" if r.vcd else "")
+        reporter.info(f"[4/4] evaluate: {columns} on POPE (greedy) and CHAIR")
         clock = time.monotonic()
         evaluation = evaluate(evaluate_config(r, base, data, runs, out / EVAL_DIR), reporter)
         seconds["evaluate"] = time.monotonic() - clock
+        table = comparison_table(evaluation)
+        vcd_eval: dict[str, Any] | None = None
+        if r.vcd:
+            clock = time.monotonic()
+            vcd_eval = evaluate(evaluate_config(r, base, data, {}, out / VCD_EVAL_DIR, decode="vcd"), reporter)
+            seconds["evaluate_vcd"] = time.monotonic() - clock
+            table = merge_tables(table, comparison_table(vcd_eval, {"base": VCD}))
 
     samples = atomic.read_jsonl(Path(evaluation["samples"]))
-    table = comparison_table(evaluation)
+    world = open_data_dir(data).manifest["source"]
     results = {
         "seedcli_version": __version__,
         "out": str(out),
         "config": to_dict(cfg),
         "resolved": to_dict(r),
-        "world": {"data": str(data), "counts": prepared["counts"], "notes": prepared["notes"]},
+        "world": {
+            "data": str(data),
+            "preset": world.get("world_preset"),
+            "knobs": world.get("knobs"),
+            "realised": world.get("realised"),
+            "counts": prepared["counts"],
+            "notes": prepared["notes"],
+        },
         "base_model": {"path": str(base), "recipe": to_dict(recipe), "training": base_stats},
         "runs": {m: {"run_dir": str(runs[m]), "mean_kl": summaries[m].get("final", {}).get("mean_kl"), "last": summaries[m].get("final", {}).get("last")} for m in runs},
-        "evaluation": {"out": evaluation["out"], "ok": evaluation["ok"], "errors": evaluation["errors"], "protocol": evaluation["protocol"]["label"]},
+        "evaluation": {
+            "out": evaluation["out"],
+            "ok": evaluation["ok"] and (vcd_eval is None or vcd_eval["ok"]),
+            "errors": evaluation["errors"] + (vcd_eval["errors"] if vcd_eval is not None else []),
+            "protocol": evaluation["protocol"]["label"],
+            "vcd": None if vcd_eval is None else {"out": vcd_eval["out"], "protocol": vcd_eval["protocol"]["label"]},
+        },
         "table": table,
         "examples": examples(samples, r.examples),
         "seconds": {k: round(v, 1) for k, v in {**seconds, "total": time.monotonic() - started}.items()},

@@ -10,10 +10,11 @@ from seedcli.cli.options import config_command, json_option
 from seedcli.config.quickstart import QuickstartConfig
 
 HELP = (
-    "Build a synthetic world with a controlled co-occurrence prior, train a tiny base model on it, "
+    "Build a synthetic world with a controlled co-occurrence prior (and, by default, the yes-bias and "
+    "hallucinated annotations of machine-generated instruction data), train a tiny base model on it, "
     "train SFT and SEED adapters with the same data, steps and seed, and compare hallucination "
-    "(POPE, CHAIR) of all three. Offline, CPU, a few minutes; --fast for CI. Prints the output "
-    "directory as the last line (--json: the results)."
+    "(POPE, CHAIR) of all three and of the base model with VCD decoding. Offline, CPU, a few minutes; "
+    "--fast for CI. Prints the output directory as the last line (--json: the results)."
 )
 ROWS = (
     ("POPE adversarial F1", "pope_adversarial_f1"),
@@ -27,13 +28,20 @@ ROWS = (
 )
 
 
-def _rows(table: dict[str, dict[str, float]]) -> list[list[Any]]:
+def _rows(table: dict[str, dict[str, float]]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows: base, SFT, SEED (and base+VCD when evaluated), then SEED's differences."""
+    vcd = any("vcd" in row for row in table.values())
+    header = ["metric", "base", "SFT", "SEED", *(["base+VCD"] if vcd else []), "SEED-base", "SEED-SFT"]
+    header += ["SEED-VCD"] if vcd else []
     rows = []
     for title, key in ROWS:
         if key in table:
             v = table[key]
-            rows.append([title, f"{v['base']:.1f}", f"{v['sft']:.1f}", f"{v['seed']:.1f}", f"{v['seed'] - v['base']:+.1f}", f"{v['seed'] - v['sft']:+.1f}"])
-    return rows
+            cells = [title, *(f"{v[m]:.1f}" for m in ("base", "sft", "seed", *(["vcd"] if vcd else [])))]
+            cells += [f"{v['seed'] - v['base']:+.1f}", f"{v['seed'] - v['sft']:+.1f}"]
+            cells += [f"{v['seed'] - v['vcd']:+.1f}"] if vcd else []
+            rows.append(cells)
+    return header, rows
 
 
 @config_command(app, QuickstartConfig, name="quickstart", help=HELP, extra=(json_option(),))
@@ -46,7 +54,9 @@ def quickstart(cfg: QuickstartConfig, as_json: bool) -> None:
     if as_json:
         print(json.dumps(results, indent=2))
         return
-    print_table(f"base vs SFT vs SEED on the synthetic world (%, {results['evaluation']['protocol']})", _rows(results["table"]), ["metric", "base", "SFT", "SEED", "SEED-base", "SEED-SFT"])
+    header, rows = _rows(results["table"])
+    world = results["world"].get("preset") or "synthetic"
+    print_table(f"base vs SFT vs SEED on the {world} world (%, {results['evaluation']['protocol']})", rows, header)
     for example in results["examples"]:
         where = "CHAIR caption" if example["benchmark"] == "chair" else f"POPE {example['split']}"
         answers = [[name, example["answers"][key]] for name, key in (("base", "base"), ("SFT", "sft"), ("SEED", "seed"))]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from seedcli.config.base import check, option, require
+from seedcli.data.world_defaults import WORLD_NAMES
 from seedcli.world_model import WorldRecipe
 
 OUTPUT = "Output"
@@ -31,6 +32,25 @@ class QuickstartConfig:
 
     synthetic_images: int = option(600, "Images rendered for the synthetic world (a quarter are held out for evaluation).", min=8, panel=WORLD)
     cooccurrence: float = option(0.9, "Probability that an anchor object's usual partner appears with it.", min=0.0, max=1.0, panel=WORLD)
+    world: str = option(
+        "llava-like",
+        "World preset of the text-borne hallucination sources: llava-like (yes-biased questions, a few "
+        "hallucinated annotations; docs/data.md) or clean (balanced, perfect labels).",
+        choices=WORLD_NAMES,
+        panel=WORLD,
+    )
+    yes_rate: float | None = option(
+        None, "Share of training existence questions drawn as 'yes' (default: the preset's).", min=0.0, max=1.0,
+        panel=WORLD,
+    )
+    label_noise: float | None = option(
+        None, "Probability that a training description or 'yes' answer names an absent usual partner (default: "
+        "the preset's).", min=0.0, max=1.0, panel=WORLD,
+    )
+    partner_negatives: float | None = option(
+        None, "Probability that a 'no' question asks about an absent usual partner (default: the preset's).",
+        min=0.0, max=1.0, panel=WORLD,
+    )
     base_epochs: int = option(WorldRecipe.epochs, "Epochs of full-parameter training of the tiny base model on the world.", min=1, panel=WORLD)
     base_lr: float = option(WorldRecipe.lr, "Peak learning rate of the base model's training.", min=0.0, min_exclusive=True, panel=WORLD)
     base_batch_size: int = option(WorldRecipe.batch_size, "Batch size of the base model's training.", min=1, panel=WORLD)
@@ -48,6 +68,9 @@ class QuickstartConfig:
 
     limit: int | None = option(None, "Evaluate only the first N questions per POPE split and N CHAIR images (default: all).", min=1, panel=EVAL)
     max_new_tokens_chair: int = option(512, "New-token limit for CHAIR captions (the protocol's 512).", min=1, panel=EVAL)
+    vcd: bool = option(
+        True, "Also evaluate the base model with Visual Contrastive Decoding (two forward passes a token).", panel=EVAL
+    )
     examples: int = option(3, "Examples to show where the base model hallucinates an object's usual partner and SEED does not.", min=0, panel=EVAL)
 
     def __post_init__(self) -> None:
