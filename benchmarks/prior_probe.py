@@ -1,11 +1,16 @@
-"""Where does the partner hallucination come from: the text, or the visible anchor object?
+"""Where does a hallucinated "yes" come from: the text, or the visible anchor object?
 
-On the synthetic world's held-out images, asks the world-trained base model "Is there a {partner}
-in the image?" for every partner object that is ABSENT, and reports the mean P(yes) (yes vs no
-next-token mass) with the clean image, with the SEED-noised image (v' = sqrt(a) v + sqrt(1-a) eps),
-and under SEED's purified target ((1 + beta) z(v) - beta z(v')), split by whether the partner's
-anchor is visible. If the anchor-visible P(yes) drops under noise, the bias is visual: the contrast
-then pushes the purified target towards MORE "yes", not less.
+On the synthetic world's held-out images, asks the world-trained base model "Is there a {object}
+in the image?" and reports the mean P(yes) (yes vs no next-token mass) with the clean image, with
+the SEED-noised image (v' = sqrt(a) v + sqrt(1-a) eps), and under SEED's purified target
+((1 + beta) z(v) - beta z(v')). With `--cases partners` (the original probe) only the partner
+objects that are ABSENT are asked, split by whether the partner's anchor is visible; with
+`--cases all` (default) every object is asked, so each hallucination source shows up as a row:
+"present" (what a good answer says yes to), "absent partner, anchor visible" (co-occurrence and
+hallucinated annotations), "absent partner, anchor absent" and "absent other" (the text-borne
+yes-bias of the question). If the anchor-visible P(yes) drops under noise, the bias is visual: the
+contrast then pushes the purified target towards MORE "yes", not less; a P(yes) that noise raises
+is a prior the contrast removes.
 
     python benchmarks/prior_probe.py --model seed-quickstart/... --data seed-quickstart/data
 
@@ -28,6 +33,7 @@ def main() -> None:
     parser.add_argument("--noise-alpha", type=float, default=0.3)
     parser.add_argument("--beta", type=float, default=0.8, help="purification strength (mid bucket of the defaults)")
     parser.add_argument("--noise-draws", type=int, default=4)
+    parser.add_argument("--cases", choices=("all", "partners"), default="all", help="objects to ask about (see above)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -36,7 +42,7 @@ def main() -> None:
 
     from seedcli.core.noise import add_diffusion_noise
     from seedcli.data.datadir import open_data_dir
-    from seedcli.data.synthetic import PAIRS
+    from seedcli.data.synthetic import KINDS, PAIRS, article
     from seedcli.evals.pope_logits import answer_tokens
     from seedcli.evals.prompts import LLAVA_POPE_SUFFIX, pope_prompt
     from seedcli.models.chat import collate, encode_prompt
@@ -64,11 +70,18 @@ def main() -> None:
     for image_id, objects in sorted(present.items()):
         with Image.open(data.resolve_image("pope", files[image_id])) as handle:
             image = handle.convert("RGB")
-        for anchor, partner in PAIRS:
-            if partner in objects:
+        anchor_of = {partner: anchor for anchor, partner in PAIRS}
+        for kind in KINDS:
+            name = kind.name
+            if name in anchor_of and name not in objects:
+                case = "anchor visible" if anchor_of[name] in objects else "anchor absent"
+                case = case if args.cases == "partners" else f"absent partner, {case}"
+            elif args.cases == "partners":
                 continue
-            case = "anchor visible" if anchor in objects else "anchor absent"
-            enc = encode_prompt(loaded.processor, loaded.family, pope_prompt(f"Is there a {partner} in the image?", LLAVA_POPE_SUFFIX), image)
+            else:
+                case = "present" if name in objects else "absent other"
+            question = f"Is there {article(name)} {name} in the image?"
+            enc = encode_prompt(loaded.processor, loaded.family, pope_prompt(question, LLAVA_POPE_SUFFIX), image)
             batch = collate([enc], pad_id=pad)
             batch.pop("labels")
             with torch.no_grad():
@@ -88,10 +101,11 @@ def main() -> None:
             row["yes purified"].append(float(statistics.fmean(p_yes(p) for p in purified) > 0.5))
 
     summary = {case: {k: statistics.fmean(v) for k, v in row.items()} | {"n": len(row["clean"])} for case, row in groups.items()}
-    print(f"mean P(yes) for an ABSENT partner object (a={args.noise_alpha}, beta={args.beta}, {args.noise_draws} noise draws)")
-    print(f"{'case':<16} {'n':>5} {'clean':>8} {'noised':>8} {'purified':>9} {'yes% clean':>11} {'yes% purified':>14}")
+    print(f"mean P(yes) per case (a={args.noise_alpha}, beta={args.beta}, {args.noise_draws} noise draws)")
+    print(f"{'case':<31} {'n':>5} {'clean':>8} {'noised':>8} {'purified':>9} {'yes% clean':>11} {'yes% purified':>14}")
     for case, row in sorted(summary.items()):
-        print(f"{case:<16} {row['n']:>5} {row['clean']:>8.3f} {row['noised']:>8.3f} {row['purified']:>9.3f} {100 * row['yes clean']:>11.1f} {100 * row['yes purified']:>14.1f}")
+        shares = f"{100 * row['yes clean']:>11.1f} {100 * row['yes purified']:>14.1f}"
+        print(f"{case:<31} {row['n']:>5} {row['clean']:>8.3f} {row['noised']:>8.3f} {row['purified']:>9.3f} {shares}")
     if args.json:
         print(json.dumps(summary, indent=2))
 

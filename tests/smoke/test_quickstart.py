@@ -71,6 +71,23 @@ def test_fast_quickstart_writes_every_part_and_a_consistent_table(fast_run) -> N
     assert sum(r["benchmark"] == "chair" for r in rows) == 3 * 24
 
 
+def test_default_world_is_llava_like_and_vcd_is_the_fourth_column(fast_run) -> None:
+    from seedcli.data.world_defaults import WORLDS
+
+    out, results, log = fast_run
+    world = results["world"]
+    assert world["preset"] == "llava-like" and world["knobs"] == WORLDS["llava-like"] | {"cooccurrence": 0.9}
+    assert world["realised"]["yes_share"] > 0.5  # the yes-bias is in the written data
+    assert results["resolved"]["world"] == "llava-like" and results["resolved"]["vcd"]
+    assert all(set(row) == {"base", "sft", "seed", "vcd"} for row in results["table"].values())
+    vcd = json.loads((out / "eval-vcd" / "results.json").read_text())
+    assert vcd["protocol"]["decode"] == "vcd" and [m["label"] for m in vcd["models"]] == ["base"]
+    assert results["evaluation"]["vcd"]["protocol"] == vcd["protocol"]["label"] == "greedy+vcd-decoding"
+    f1 = vcd["pope"]["base"]["adversarial"]["official"]["f1"]
+    assert results["table"]["pope_adversarial_f1"]["vcd"] == pytest.approx(100 * f1)
+    assert "evaluate_vcd" in results["seconds"]
+
+
 def test_held_out_images_never_enter_training(fast_run) -> None:
     from seedcli.data.datadir import open_data_dir
 
