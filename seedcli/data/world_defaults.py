@@ -8,7 +8,7 @@ WORLDS: dict[str, dict[str, float]] = {
     # questions about an absent partner of a visible anchor (direct counter-evidence to the prior).
     "clean": {"yes_rate": 0.5, "label_noise": 0.0, "partner_negatives": 0.5},
     # Machine-generated instruction data; docs/data.md gives the source or assumption of each value.
-    "llava-like": {"yes_rate": 0.75, "label_noise": 0.1, "partner_negatives": 0.1},
+    "llava-like": {"yes_rate": 0.65, "label_noise": 0.1, "partner_negatives": 0.1},
 }
 """Presets of the text-borne sources (`--world`); both keep --cooccurrence at its default."""
 WORLD_NAMES = tuple(WORLDS)
