@@ -105,6 +105,14 @@ class PrepareConfig:
         )
         require(self.pope_from is None or not self.synthetic, "--pope-from", "cannot be combined with --synthetic (its POPE sets are built from the world).")
         require(not (self.fetch_only and self.synthetic), "--fetch-only", "cannot be combined with --synthetic.")
+        knobs = {
+            "--world": self.world != "clean",
+            "--yes-rate": self.yes_rate is not None,
+            "--label-noise": self.label_noise is not None,
+            "--partner-negatives": self.partner_negatives is not None,
+        }
+        for flag, given in knobs.items():
+            require(self.synthetic or not given, flag, "shapes the synthetic world; add --synthetic.")
 
     def world_knobs(self) -> dict[str, float]:
         """The synthetic world's hallucination sources in force: the preset, then the explicit flags."""

@@ -220,3 +220,5 @@ def test_synthetic_world_knobs_are_recorded_and_flags_override_the_preset(
         assert clean.read_bytes() == llava.read_bytes()
     code, _, stderr = _run([*base, "--out", str(tmp_path / "bad"), "--label-noise", "1.5"], capsys)
     assert code == 2 and "--label-noise" in stderr and not (tmp_path / "bad").exists()
+    code, _, stderr = _run(["prepare", "--no-train", "--out", str(tmp_path / "real"), "--yes-rate", "0.7"], capsys)
+    assert code == 2 and "--yes-rate" in stderr and "--synthetic" in stderr and not (tmp_path / "real").exists()
