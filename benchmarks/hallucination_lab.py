@@ -198,6 +198,24 @@ def aggregate(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def targets(metrics: dict[str, Any]) -> dict[str, bool]:
+    """The issue's targets on one world's summary (means over seeds; never used to choose anything)."""
+    adv = metrics["pope_adversarial_f1"]
+    chair = metrics["chair_chair_i_pct"]
+    checks = {
+        "POPE-adversarial F1 SEED - base >= +3": adv["seed-base"]["mean"] >= 3.0,
+        "POPE-adversarial F1 SEED - SFT >= +1": adv["seed-sft"]["mean"] >= 1.0,
+        "POPE-adversarial F1 SEED - SFT paired 95% interval above 0": adv["seed-sft"].get("low", math.nan) > 0.0,
+        "CHAIR_i SEED below base": chair["seed"]["mean"] < chair["base"]["mean"],
+        "CHAIR_i SEED below SFT": chair["seed"]["mean"] < chair["sft"]["mean"],
+    }
+    for split in ("random", "popular", "adversarial"):
+        f1 = metrics[f"pope_{split}_f1"]
+        if "seed-vcd" in f1:
+            checks[f"POPE {split} F1 SEED >= VCD - 1"] = f1["seed-vcd"]["mean"] >= -1.0
+    return checks
+
+
 def _fmt_interval(stats: dict[str, float]) -> str:
     if math.isnan(stats["low"]):
         return f"{stats['mean']:+.2f}"
@@ -218,6 +236,10 @@ def markdown(summary: dict[str, Any], command: str) -> str:
             cells += [_fmt_interval(entry[f"{a}-{b}"]) if f"{a}-{b}" in entry else "-" for a, b in CONTRASTS]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        needed = ("pope_adversarial_f1", "chair_chair_i_pct", "pope_random_f1", "pope_popular_f1")
+        if all(m in metrics for m in needed) and all("seed-sft" in metrics[m] for m in needed):
+            lines += [f"- target {name}: {'met' if ok else 'NOT met'}" for name, ok in targets(metrics).items()]
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -112,3 +112,24 @@ def test_finished_cells_are_skipped_and_foreign_flags_refused(lab, tmp_path: Pat
     lab.run_cell = lambda *a, **k: pytest.fail("a finished cell was run again")
     assert lab.main(["--out", str(tmp_path), "--worlds", "clean", "--seeds", "1", "--steps", "7"]) == 0
     assert (tmp_path / "lab.md").is_file() and json.loads((tmp_path / "lab.json").read_text())["cells"]
+
+
+def test_targets_are_judged_on_means_and_the_paired_interval(lab) -> None:
+    def cells(seed_adv: list[float], seed_chair: list[float]) -> list[dict]:
+        out = []
+        for i, (adv, chair) in enumerate(zip(seed_adv, seed_chair), start=1):
+            table = {f"pope_{s}_f1": {"base": 70.0, "sft": 71.0, "seed": adv, "vcd": adv + 0.5} for s in
+                     ("random", "popular", "adversarial")}  # fmt: skip
+            table["chair_chair_i_pct"] = {"base": 12.0, "sft": 11.0, "seed": chair}
+            out.append({"world": "w", "seed": i, "overrides": {}, "table": table})
+        return out
+
+    good = lab.targets(lab.aggregate(cells([74.0, 73.5, 74.5], [9.0, 9.5, 8.5]))["w"])
+    assert all(good.values()), good
+    # SEED - SFT = +1 on the mean but noisy: the interval reaches below 0, so that target fails alone.
+    noisy = lab.targets(lab.aggregate(cells([77.0, 68.0, 71.0], [9.0, 9.5, 8.5]))["w"])
+    assert noisy["POPE-adversarial F1 SEED - SFT >= +1"]
+    assert not noisy["POPE-adversarial F1 SEED - SFT paired 95% interval above 0"]
+    worse = lab.targets(lab.aggregate(cells([70.0, 70.5, 69.5], [11.5, 11.0, 12.0]))["w"])
+    assert not worse["POPE-adversarial F1 SEED - base >= +3"] and not worse["CHAIR_i SEED below SFT"]
+    assert worse["POPE adversarial F1 SEED >= VCD - 1"]  # VCD is 0.5 above SEED
