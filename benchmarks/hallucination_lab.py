@@ -223,16 +223,22 @@ def _fmt_interval(stats: dict[str, float]) -> str:
 
 
 def markdown(summary: dict[str, Any], command: str) -> str:
-    """One table per world: mean ± std per method, paired mean [95% interval] per contrast."""
+    """Per world: mean ± std per method, then the paired mean [95% interval] of each contrast."""
     lines = ["# Hallucination lab", "", f"Command: `{command}`", ""]
     for world, metrics in summary.items():
         seeds = next(iter(metrics.values()))["seeds"] if metrics else []
         lines += [f"## {world} (seeds {', '.join(map(str, seeds))})", ""]
-        header = ["metric", *(LABELS[m] for m in METHODS), *(f"{LABELS[a]} - {LABELS[b]}" for a, b in CONTRASTS)]
+        header = ["metric", *(LABELS[m] for m in METHODS)]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for metric, entry in metrics.items():
             cells = [METRICS[metric]]
             cells += [f"{entry[m]['mean']:.2f} ± {entry[m]['std']:.2f}" if m in entry else "-" for m in METHODS]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        header = ["metric", *(f"{LABELS[a]} - {LABELS[b]}" for a, b in CONTRASTS)]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for metric, entry in metrics.items():
+            cells = [METRICS[metric]]
             cells += [_fmt_interval(entry[f"{a}-{b}"]) if f"{a}-{b}" in entry else "-" for a, b in CONTRASTS]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

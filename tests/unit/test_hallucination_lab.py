@@ -66,8 +66,9 @@ def test_markdown_shows_every_world_and_the_intervals(lab) -> None:
     ]
     text = lab.markdown(lab.aggregate(cells), "cmd")
     assert "## a (seeds 1, 2)" in text and "## b (seeds 1, 2)" in text
-    row = "| POPE adversarial F1 | 71.50 ± 0.71 | 71.00 ± 0.00 | 74.50 ± 0.71 | - | 72.00 ± 0.00 "
-    assert row + "| +3.00 [+3.00, +3.00] |" in text
+    assert "| POPE adversarial F1 | 71.50 ± 0.71 | 71.00 ± 0.00 | 74.50 ± 0.71 | - | 72.00 ± 0.00 |" in text
+    assert "| POPE adversarial F1 | +3.00 [+3.00, +3.00] | +3.50 [-2.85, +9.85] | +2.50 [-3.85, +8.85] |" in text
+    assert max(len(line) for line in text.splitlines()) <= 120
 
 
 def test_plan_and_shards_partition_the_cells(lab) -> None:
