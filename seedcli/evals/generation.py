@@ -45,6 +45,7 @@ from typing import Any
 
 from seedcli.errors import ConfigError, DataError, ModelError
 from seedcli.reporting import NullReporter, Reporter
+from seedcli.seeds import derive_seed
 
 MODES = ("greedy", "sample", "vcd")
 # Bits of the sha256 digest used as a torch seed (torch seeds are unsigned 64-bit).
@@ -85,27 +86,32 @@ class Decoding:
         return self.mode == "sample" or (self.mode == "vcd" and self.vcd_sample)
 
 
-def _hash_vision(digest: Any, vision: dict[str, Any]) -> None:
-    """Feed every vision tensor (sorted by key, float32 or int64 bytes) into a sha256 `digest`."""
+def _vision_bytes(vision: dict[str, Any]) -> list[bytes]:
+    """Every vision tensor (sorted by key) as its key and its float32 or int64 bytes."""
     import torch
 
+    parts: list[bytes] = []
     for key in sorted(vision):
         value = vision[key]
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().contiguous()
             value = value.to(torch.float32) if value.is_floating_point() else value.to(torch.int64)
-            digest.update(key.encode())
-            digest.update(value.numpy().tobytes())
+            parts += [key.encode(), value.numpy().tobytes()]
+    return parts
+
+
+def _hash_vision(digest: Any, vision: dict[str, Any]) -> None:
+    """Feed every vision tensor (sorted by key, float32 or int64 bytes) into a sha256 `digest`."""
+    for part in _vision_bytes(vision):
+        digest.update(part)
 
 
 def sample_seed(seed: int, encoded: Any, purpose: str = "tokens") -> int:
-    """Seed of one sample's generator: sha256 of the base seed, `purpose` and the exact inputs."""
+    """Seed of one sample's generator: derive_seed over the base seed, `purpose` and the exact inputs."""
     import torch
 
-    digest = hashlib.sha256(f"{seed}:{purpose}:".encode())
-    digest.update(torch.tensor(encoded.input_ids, dtype=torch.int64).numpy().tobytes())
-    _hash_vision(digest, encoded.vision)
-    return int.from_bytes(digest.digest()[:SEED_BYTES], "little")
+    ids = torch.tensor(encoded.input_ids, dtype=torch.int64).numpy().tobytes()
+    return derive_seed(seed, purpose, ids, *_vision_bytes(encoded.vision), width=SEED_BYTES)
 
 
 def noised_encoding(encoded: Any, decoding: Decoding, vision_key: str = "pixel_values") -> Any:
