@@ -14,6 +14,7 @@ The results schema (SCHEMA_VERSION) is documented in docs/evaluate.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import gc
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seedcli import __version__, atomic
+from seedcli import __version__, atomic, rundir
 from seedcli.config.base import to_dict
 from seedcli.config.evaluate import EvaluateConfig
 from seedcli.errors import ConfigError, DataError, storage_error
@@ -855,6 +856,11 @@ def _envelope(cfg: EvaluateConfig, out: Path, mode: str) -> dict[str, Any]:
 
 def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     """Run `seed evaluate`: generate (or resume) and score; returns the results written to results.json."""
+    with contextlib.ExitStack() as held:  # the lock on --out, taken once it is known to be ours
+        return _evaluate(cfg, reporter, held)
+
+
+def _evaluate(cfg: EvaluateConfig, reporter: Reporter, held: contextlib.ExitStack) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out is not None else default_out()
     if cfg.score_only:
         return score_only(cfg, out, reporter)
@@ -872,6 +878,7 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     barrier = (lambda: collective.any_flag(False)) if collective is not None else None
     if rank == 0:
         _open_out(out, settings)
+        held.enter_context(rundir.Lock(out))  # a second process on the same --out is refused, naming this one
         reporter.log(
             {
                 "protocol": protocol_label(cfg),
