@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from seedcli.core.collective import Collective
 from seedcli.errors import ConfigError, Interrupted, SeedError
 from seedcli.reporting import Reporter, Task
 
@@ -137,12 +138,17 @@ def _peer_guard(rank: int, op: str) -> Iterator[None]:
 
 
 class TorchCollective:
-    """The engine's Collective over an initialised torch.distributed process group."""
+    """The engine's Collective (seedcli.core.collective) over an initialised torch.distributed process group."""
 
     def __init__(self, device: torch.device) -> None:
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.device = device  # where tensors travel: cuda:<local rank> for NCCL, cpu for gloo
+
+    @property
+    def backend(self) -> str:
+        """nccl or gloo."""
+        return str(dist.get_backend())
 
     @property
     def is_main(self) -> bool:
@@ -261,7 +267,7 @@ def digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return sha.hexdigest()
 
 
-def replica_digests(collective: Any, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+def replica_digests(collective: Collective, tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """Every process's digest prefix of `tensors`, in rank order (identical replicas give one value)."""
     mine = int(digest(tensors)[:DIGEST_HEX], 16)
     gathered = collective.gather(torch.tensor([mine], dtype=torch.int64))
