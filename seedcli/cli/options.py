@@ -182,13 +182,17 @@ def json_option() -> inspect.Parameter:
     )
 
 
-def config_argv(command: str, cfg: Any, *, as_json: bool = False) -> list[str]:
-    """The CLI arguments that rebuild `cfg` (fields at their default are omitted): for relaunched workers."""
+def config_argv(command: str, cfg: Any, *, as_json: bool = False, given: frozenset[str] = frozenset()) -> list[str]:
+    """The CLI arguments that rebuild `cfg`, for relaunched workers.
+
+    Fields at their default are omitted unless named in `given` (the flags the user typed), so a
+    worker's parser sees the same explicit flags as the command that started it.
+    """
     args = [command]
     positional: list[str] = []
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
-        if value == field.default or value is None:
+        if value is None or (value == field.default and field.name not in given):
             continue
         if field.metadata.get("argument"):
             positional.append(str(value))
@@ -198,8 +202,7 @@ def config_argv(command: str, cfg: Any, *, as_json: bool = False) -> list[str]:
             for item in value:
                 args += [flag_name(field), str(item)]
         elif isinstance(value, tuple):
-            args += [flag_name(field), ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)]
+            args += [flag_name(field), ",".join(str(v) for v in value)]
         else:
-            # repr() keeps floats exact across the round trip (1e-06, not 1e-6 rounded).
-            args += [flag_name(field), repr(value) if isinstance(value, float) else str(value)]
+            args += [flag_name(field), str(value)]  # str(float) is exact: the shortest repr that round-trips
     return args + positional + (["--json"] if as_json else [])

@@ -30,12 +30,15 @@ def option(
     argument: bool = False,
     short: str | None = None,
     panel: str | None = None,
+    affects_result: bool = True,
 ) -> Any:
     """Declare a config field with its CLI metadata.
 
     `flag` overrides the generated `--field-name`; `min`/`max` bound numbers (inclusive unless
     `min_exclusive`/`max_exclusive`); `multiple` makes a tuple field a repeatable flag (otherwise
     tuples are comma-separated); `argument` makes it positional; `panel` groups flags in `--help`.
+    `affects_result=False` marks a field that changes how a run is carried out (memory, logging,
+    checkpoints, processes) but not what it computes: `--resume` accepts a new value.
     """
     meta = {
         "help": help,
@@ -49,6 +52,7 @@ def option(
         "argument": argument,
         "short": short,
         "panel": panel,
+        "affects_result": affects_result,
     }
     return dataclasses.field(default=default, metadata=meta)
 
@@ -56,6 +60,11 @@ def option(
 def flag_name(field: dataclasses.Field[Any]) -> str:
     """The CLI spelling of a field (`--noise-alpha`)."""
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def affects_result(field: dataclasses.Field[Any]) -> bool:
+    """Whether a field changes what a run computes (False: it may change when resuming)."""
+    return bool(field.metadata.get("affects_result", True))
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -48,15 +48,25 @@ class DistillConfig:
     )
     trust_remote_code: bool = option(False, "Allow custom model code from the checkpoint (only if you trust it).", panel=MODEL)
     attn_implementation: str = option(
-        "sdpa", "Attention kernel passed to transformers.", choices=ATTN_IMPLEMENTATIONS, panel=MODEL
+        "sdpa", "Attention kernel passed to transformers.", choices=ATTN_IMPLEMENTATIONS, panel=MODEL, affects_result=False
     )
 
     data: str = option("seed-data", "Data directory written by `seed prepare`.", panel=DATA)
-    out: str | None = option(None, "Run directory; default runs/<model>-<method>-<timestamp>.", panel=DATA)
+    out: str | None = option(
+        None,
+        "Run directory; default runs/<model>-<method>-<timestamp>.",
+        panel=DATA,
+        affects_result=False,
+    )
     max_length: int = option(2048, "Max tokens per sample; only text after the image is ever truncated.", min=8, panel=DATA)
     max_samples: int | None = option(None, "Train on a seeded random subset of N training records.", min=1, panel=DATA)
-    resume: bool = option(False, "Continue the run in --out from its newest checkpoint.", panel=DATA)
-    overwrite: bool = option(False, "Replace an existing run directory at --out.", panel=DATA)
+    resume: bool = option(
+        False,
+        "Continue the run in --out from its newest checkpoint.",
+        panel=DATA,
+        affects_result=False,
+    )
+    overwrite: bool = option(False, "Replace an existing run directory at --out.", panel=DATA, affects_result=False)
     report_to: tuple[str, ...] = option(
         (),
         "Also log the values of metrics.jsonl, the config and the summary to this experiment tracker "
@@ -64,30 +74,55 @@ class DistillConfig:
         choices=TRACKERS,
         multiple=True,
         panel=DATA,
+        affects_result=False,
     )
     push_to_hub: str | None = option(
         None,
         "After training, upload the adapter and its model card to this Hugging Face Hub repo (user/name); "
         "needs a login (hf auth login or HF_TOKEN) and network.",
         panel=DATA,
+        affects_result=False,
     )
 
     method: str = option("seed", "seed = purify-and-distill (KL + CE); sft = the same adapter trained with CE only (baseline).", choices=("seed", "sft"), panel=TRAIN)
     epochs: int = option(1, "Passes over the training data (ignored when --max-steps is set).", min=1, panel=TRAIN)
     max_steps: int | None = option(None, "Stop after this many optimizer steps (per round).", min=1, panel=TRAIN)
-    batch_size: int = option(1, "Samples per forward pass (per process).", min=1, panel=TRAIN)
-    grad_accum: int = option(8, "Forward passes per optimizer step; effective batch = batch-size x grad-accum x processes.", min=1, panel=TRAIN)
+    batch_size: int = option(1, "Samples per forward pass (per process).", min=1, panel=TRAIN, affects_result=False)
+    grad_accum: int = option(
+        8,
+        "Forward passes per optimizer step; effective batch = batch-size x grad-accum x processes.",
+        min=1,
+        panel=TRAIN,
+        affects_result=False,
+    )
     lr: float = option(2e-6, "Peak learning rate (2e-5 caused repetition collapse in the reproduction).", min=0.0, min_exclusive=True, panel=TRAIN)
     warmup_ratio: float = option(0.03, "Share of steps with linear warmup before the cosine decay.", min=0.0, max=0.5, panel=TRAIN)
     weight_decay: float = option(0.0, "AdamW weight decay on adapter weights.", min=0.0, panel=TRAIN)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).", min=0.0, panel=TRAIN)
     seed: int = option(0, "Random seed: data order, noise, adapter init, dropout.", panel=TRAIN)
-    gradient_checkpointing: bool = option(False, "Recompute activations in backward (non-reentrant): less memory, ~30% slower.", panel=TRAIN)
+    gradient_checkpointing: bool = option(
+        False,
+        "Recompute activations in backward (non-reentrant): less memory, ~30% slower.",
+        panel=TRAIN,
+        affects_result=False,
+    )
     rounds: int = option(1, "Self-evolution rounds: after each, the adapter is merged into the teacher and a fresh one is trained.", min=1, panel=TRAIN)
-    log_every: int = option(10, "Log metrics every N optimizer steps.", min=1, panel=TRAIN)
-    save_every: int = option(500, "Save a resumable checkpoint every N optimizer steps.", min=1, panel=TRAIN)
-    keep_checkpoints: int = option(2, "Keep the newest K checkpoints.", min=1, panel=TRAIN)
-    max_nonfinite: int = option(20, "Stop (after saving) when this many steps in a row have a non-finite loss.", min=1, panel=TRAIN)
+    log_every: int = option(10, "Log metrics every N optimizer steps.", min=1, panel=TRAIN, affects_result=False)
+    save_every: int = option(
+        500,
+        "Save a resumable checkpoint every N optimizer steps.",
+        min=1,
+        panel=TRAIN,
+        affects_result=False,
+    )
+    keep_checkpoints: int = option(2, "Keep the newest K checkpoints.", min=1, panel=TRAIN, affects_result=False)
+    max_nonfinite: int = option(
+        20,
+        "Stop (after saving) when this many steps in a row have a non-finite loss.",
+        min=1,
+        panel=TRAIN,
+        affects_result=False,
+    )
 
     noise_alpha: float = option(0.3, "Isolate: v' = sqrt(a) v + sqrt(1-a) eps; 0.3 default (0.1 too destructive, 0.7 too weak).", min=0.0, min_exclusive=True, max=1.0, panel=SEED_PANEL)
     noise_step: int | None = option(None, "Use VCD's noise schedule instead: a = alpha_bar[step] of the 1000-step schedule (VCD: 500). Overrides --noise-alpha.", min=0, max=999, panel=SEED_PANEL)
@@ -134,8 +169,20 @@ class DistillConfig:
     )
     temperature: float = option(2.0, "Distillation temperature T (loss scaled by T^2).", min=0.0, min_exclusive=True, panel=SEED_PANEL)
     distill_weight: float = option(0.7, "w in w * T^2 KL + (1 - w) CE (0.85 hurt, 0.5 too weak in the reproduction).", min=0.0, max=1.0, panel=SEED_PANEL)
-    teacher_batching: str = option("joint", "Teacher passes: one forward of 2B (clean + noisy) or two forwards of B (less memory).", choices=("joint", "separate"), panel=SEED_PANEL)
-    loss_chunk: int | None = option(None, "Compute the loss over chunks of this many tokens (bounds float32 vocab-sized memory).", min=1, panel=SEED_PANEL)
+    teacher_batching: str = option(
+        "joint",
+        "Teacher passes: one forward of 2B (clean + noisy) or two forwards of B (less memory).",
+        choices=("joint", "separate"),
+        panel=SEED_PANEL,
+        affects_result=False,
+    )
+    loss_chunk: int | None = option(
+        None,
+        "Compute the loss over chunks of this many tokens (bounds float32 vocab-sized memory).",
+        min=1,
+        panel=SEED_PANEL,
+        affects_result=False,
+    )
     teacher_cache: str = option(
         "off",
         "Reuse teacher logits across epochs (top-k in <out>/teacher-cache): clean = z(v) only (exact at k >= vocab); "
@@ -151,14 +198,59 @@ class DistillConfig:
     lora_dropout: float = option(0.05, "LoRA dropout.", min=0.0, max=0.9, panel=LORA)
     lora_targets: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "o_proj"), "Attention projections of the LANGUAGE model that take the adapter (never the vision tower).", panel=LORA)
 
-    gpus: int | None = option(None, "Processes on this node, one GPU each; relaunches itself through torch's elastic launcher (or joins torchrun/SLURM when started by one).", min=1, panel=DIST)
-    nproc: int | None = option(None, "Processes on this node on any device: --device cpu --nproc 2 runs the same code on gloo.", min=1, panel=DIST)
-    nnodes: int = option(1, "Nodes in the job (run the same command on each with its --node-rank).", min=1, panel=DIST)
-    node_rank: int = option(0, "This node's index, 0 .. nnodes-1.", min=0, panel=DIST)
-    master_addr: str | None = option(None, "Address of node 0 for the rendezvous; default 127.0.0.1 (required with --nnodes > 1).", panel=DIST)
-    master_port: int | None = option(None, "Rendezvous port on node 0; default a free port (required with --nnodes > 1).", min=1, max=65535, panel=DIST)
-    strategy: str = option("ddp", "ddp = replicate the model, sum adapter gradients; fsdp = shard the frozen base across ranks (FSDP2) for models that do not fit one GPU.", choices=("ddp", "fsdp"), panel=DIST)
-    nccl_timeout_s: float = option(1800.0, "Seconds a collective waits for the slowest process before the run fails (NCCL and gloo).", min=0.0, min_exclusive=True, panel=DIST)
+    gpus: int | None = option(
+        None,
+        "Processes on this node, one GPU each; relaunches itself through torch's elastic launcher "
+        "(or joins torchrun/SLURM when started by one).",
+        min=1,
+        panel=DIST,
+        affects_result=False,
+    )
+    nproc: int | None = option(
+        None,
+        "Processes on this node on any device: --device cpu --nproc 2 runs the same code on gloo.",
+        min=1,
+        panel=DIST,
+        affects_result=False,
+    )
+    nnodes: int = option(
+        1,
+        "Nodes in the job (run the same command on each with its --node-rank).",
+        min=1,
+        panel=DIST,
+        affects_result=False,
+    )
+    node_rank: int = option(0, "This node's index, 0 .. nnodes-1.", min=0, panel=DIST, affects_result=False)
+    master_addr: str | None = option(
+        None,
+        "Address of node 0 for the rendezvous; default 127.0.0.1 (required with --nnodes > 1).",
+        panel=DIST,
+        affects_result=False,
+    )
+    master_port: int | None = option(
+        None,
+        "Rendezvous port on node 0; default a free port (required with --nnodes > 1).",
+        min=1,
+        max=65535,
+        panel=DIST,
+        affects_result=False,
+    )
+    strategy: str = option(
+        "ddp",
+        "ddp = replicate the model, sum adapter gradients; fsdp = shard the frozen base across ranks (FSDP2) "
+        "for models that do not fit one GPU.",
+        choices=("ddp", "fsdp"),
+        panel=DIST,
+        affects_result=False,
+    )
+    nccl_timeout_s: float = option(
+        1800.0,
+        "Seconds a collective waits for the slowest process before the run fails (NCCL and gloo).",
+        min=0.0,
+        min_exclusive=True,
+        panel=DIST,
+        affects_result=False,
+    )
 
     def __post_init__(self) -> None:
         check(self)

@@ -1,4 +1,4 @@
-"""`seedcli.core.distill`: the SEED purify-and-distill engine (PROTOCOLS.md section 1).
+"""`seedcli.core.distill`: the SEED purify-and-distill engine (the method is described in docs/method.md).
 
 Per optimizer step (a window of batch_size x grad_accum samples on each process):
 1. Teacher: the frozen base (adapter disabled, no_grad) on the clean and the noised image, logits at
@@ -9,16 +9,18 @@ Per optimizer step (a window of batch_size x grad_accum samples on each process)
 3. Purge: purified = (1 + beta) z(v) - beta z(v').
 4. Student (adapter enabled): w * T^2 KL(s || softmax(purified / T)) + (1 - w) * CE, both normalised
    by the supervised tokens of the whole window; backward per micro-batch; clip; AdamW step.
+
+Steps 1-3 are `purified_targets`, step 4 is `student_backward`; the loop in `_train_round` holds
+everything else (update policy, metrics, checkpoints, signals). The run directory's life cycle
+lives in seedcli.rundir, the cross-process operations behind the `Collective` protocol.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
+import dataclasses
 import math
 import random
 import re
-import shutil
 import signal
 import time
 import warnings
@@ -26,118 +28,45 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from seedcli import __version__, atomic, rundir, trackers
+from seedcli import atomic, rundir
 from seedcli.config.base import to_dict
 from seedcli.config.distill import DistillConfig
 from seedcli.core import checkpoint, losses, noise, purify, teacher_cache
+from seedcli.core.collective import Collective, LocalCollective
 from seedcli.errors import ConfigError, DataError, Interrupted, SeedError
-from seedcli.reporting import Reporter
+from seedcli.reporting import Reporter, Task
+from seedcli.seeds import torch_seed
 
-# Fields that may change when resuming (they do not change what is computed).
-OPERATIONAL = ("resume", "overwrite", "out", "log_every", "save_every", "keep_checkpoints", "max_nonfinite", "gpus", "nproc", "nnodes", "node_rank", "master_addr", "master_port", "strategy", "nccl_timeout_s")
-OPERATIONAL += ("report_to", "push_to_hub")  # where results go, not what is computed
-# May change when resuming on another number of processes, as long as the global batch stays the same.
-RESHAPE = ("batch_size", "grad_accum")
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
+    from seedcli.data.datadir import DataDir
+    from seedcli.models.families import Family
+    from seedcli.models.forward import Supervised
+    from seedcli.models.loading import Loaded
 
-class Collective:
-    """Cross-process operations; this single-process version is the identity (see seedcli.distributed)."""
+__all__ = [
+    "Interrupted",
+    "TrainState",
+    "distill",
+    "noise_alpha",
+    "purified_targets",
+    "student_backward",
+    "warmup_cosine",
+]
 
-    rank: int = 0
-    world: int = 1
-
-    def sum_int(self, value: int) -> int:
-        """Sum an integer over processes."""
-        return value
-
-    def gather(self, values: torch.Tensor) -> torch.Tensor:
-        """Concatenate 1-D tensors from all processes in rank order."""
-        return values
-
-    def reduce_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """Sum gradients over processes."""
-
-    def any_flag(self, flag: bool) -> bool:
-        """True on every process if any process sets the flag."""
-        return flag
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this process writes files and renders progress."""
-        return self.rank == 0
-
-
-@dataclass
-class _Stats:
-    """Accumulators between two logged steps."""
-
-    steps: int = 0
-    loss: float = 0.0
-    kl: float = 0.0
-    ce: float = 0.0
-    beta: float = 0.0
-    conf: float = 0.0
-    grad_norm: float = 0.0
-    tokens: int = 0
-    samples: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def mean(self, name: str) -> float:
-        return getattr(self, name) / max(self.steps, 1)
-
-
-def default_out(cfg: DistillConfig) -> Path:
-    """runs/<model>-<method>-<timestamp>."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(cfg.model).name if "/" not in cfg.model or Path(cfg.model).exists() else cfg.model.replace("/", "_"))
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return rundir.DEFAULT_RUNS_ROOT / f"{slug}-{cfg.method}-{stamp}"
+PIXELS = "pixel_values"  # the vision input that SEED noises
 
 
 def noise_alpha(cfg: DistillConfig) -> float:
     """The signal weight a of v' = sqrt(a) v + sqrt(1-a) eps (from --noise-step when given)."""
     return noise.vcd_alpha_bar(cfg.noise_step) if cfg.noise_step is not None else cfg.noise_alpha
-
-
-def _resolve_resume(cfg: DistillConfig, run: Path, world: int, reporter: Reporter) -> DistillConfig:
-    """With --resume the saved config is authoritative; a flag that contradicts it is an error.
-
-    The global batch (batch-size x grad-accum x processes) is part of what is computed: resuming on
-    another number of processes keeps it, choosing --grad-accum unless the flags say otherwise.
-    """
-    from seedcli.config.base import from_dict
-
-    saved_doc = rundir.open_run(run, flag="--out", require_complete=False).config
-    saved = from_dict(DistillConfig, saved_doc["config"])
-    default = DistillConfig()
-    asked = {name for name in to_dict(cfg) if getattr(cfg, name) != getattr(default, name)}
-    conflicts = [name for name in sorted(asked) if name not in OPERATIONAL + RESHAPE and getattr(cfg, name) != getattr(saved, name)]
-    if conflicts:
-        raise ConfigError(f"--resume: {', '.join('--' + c.replace('_', '-') for c in conflicts)} differ from the run's config.json; drop them or start a new run.")
-    resumed = replace(saved, **{name: getattr(cfg, name) for name in OPERATIONAL + RESHAPE if name in asked or name in OPERATIONAL})
-    resolved = saved_doc.get("resolved", {})
-    global_batch = int(resolved.get("global_batch", saved.batch_size * saved.grad_accum * int(resolved.get("world_size", 1))))
-    if resumed.batch_size * resumed.grad_accum * world == global_batch:
-        return resumed
-    per_micro = resumed.batch_size * world
-    if "grad_accum" not in asked and global_batch % per_micro == 0:
-        reporter.info(f"resuming on {world} process(es): --grad-accum {global_batch // per_micro} keeps the run's global batch of {global_batch}")
-        return replace(resumed, grad_accum=global_batch // per_micro)
-    raise ConfigError(f"--resume: the run's global batch is {global_batch} (batch-size x grad-accum x processes) but {resumed.batch_size} x {resumed.grad_accum} x {world} = {resumed.batch_size * resumed.grad_accum * world}; choose --batch-size and --grad-accum whose product is {global_batch}/{world}.")
-
-
-def _records(cfg: DistillConfig) -> tuple[Any, list[dict[str, Any]]]:
-    from seedcli.data.datadir import open_data_dir, validate_record
-
-    data = open_data_dir(Path(cfg.data))
-    rows = [validate_record(row, where=f"{cfg.data}/train").to_row() for row in data.train()]
-    if cfg.max_samples is not None and cfg.max_samples < len(rows):
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        rows = [rows[i] for i in sorted(order[: cfg.max_samples])]
-    return data, rows
 
 
 def warmup_cosine(total: int, warmup: int, floor: float = 0.0) -> Callable[[int], float]:
@@ -152,58 +81,236 @@ def warmup_cosine(total: int, warmup: int, floor: float = 0.0) -> Callable[[int]
     return schedule
 
 
-def _noise_generator(cfg: DistillConfig, round_index: int, step: int, sample: int) -> torch.Generator:
-    # Per-sample seeds: the noise a sample gets does not depend on batch size or process count.
-    return torch.Generator().manual_seed(hash((cfg.seed, round_index, step, sample)) & 0x7FFF_FFFF_FFFF_FFFF)
+# --- what a round works with, and what it carries from step to step -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Round:
+    """Everything one round of training reads and never changes."""
+
+    cfg: DistillConfig
+    loaded: Loaded
+    data: DataDir
+    rows: list[dict[str, Any]]
+    out: Path
+    index: int  # 1-based round number
+    total_steps: int
+    steps_per_epoch: int
+    alpha: float
+    collective: Collective
+    reporter: Reporter
+
+    @property
+    def per_process(self) -> int:
+        """Samples per optimizer step on this process."""
+        return self.cfg.batch_size * self.cfg.grad_accum
+
+    @property
+    def window(self) -> int:
+        """Samples per optimizer step over all processes (the global batch)."""
+        return self.per_process * self.collective.world
+
+
+@dataclass
+class Window:
+    """Sums over the optimizer steps since the last metrics line (`steps` counts applied updates)."""
+
+    steps: int = 0
+    loss: float = 0.0
+    kl: float = 0.0
+    ce: float = 0.0
+    beta: float = 0.0
+    conf: float = 0.0
+    grad_norm: float = 0.0
+    tokens: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+
+    def mean(self, name: str) -> float:
+        """The per-update mean of a summed quantity."""
+        return float(getattr(self, name)) / max(self.steps, 1)
+
+
+@dataclass
+class TrainState:
+    """What the loop carries from step to step besides weights; checkpoints save and restore it."""
+
+    skipped_steps: int = 0
+    skipped_samples: int = 0
+    bad_in_a_row: int = 0
+    kl_sum: float = 0.0
+    kl_steps: int = 0
+    window: Window = field(default_factory=Window)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the `counters` entry of a checkpoint's state.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TrainState:
+        """Rebuild from `to_dict` output (checkpoints of older versions hold no window: it starts empty)."""
+        window = Window(**doc.get("window", {}))
+        return cls(**{k: v for k, v in doc.items() if k != "window"}, window=window)
 
 
 @dataclass(frozen=True)
 class _Micro:
     """One encoded micro-batch on the device."""
 
-    inputs: dict[str, Any]
-    noisy_pixels: Any
-    sup: Any  # seedcli.models.forward.Supervised
+    inputs: dict[str, torch.Tensor]
+    noisy_pixels: torch.Tensor | None
+    sup: Supervised
     samples: int
     indices: tuple[int, ...] = ()  # positions in the training records of the encoded samples, in batch order
     record_ids: tuple[str, ...] = ()
 
 
-def _encode_micro(loaded: Any, data: Any, rows: list[dict[str, Any]], indices: list[int], cfg: DistillConfig, round_index: int, step: int, alpha: float, reporter: Reporter) -> _Micro | None:
+@dataclass
+class _Learner:
+    """What a round trains: the adapter-wrapped model with its optimizer and schedule."""
+
+    model: PeftModel
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+# --- data: records, windows, micro-batches -------------------------------------------------------------------
+
+
+def _records(cfg: DistillConfig) -> tuple[DataDir, list[dict[str, Any]]]:
+    from seedcli.data.datadir import open_data_dir, validate_record
+
+    data = open_data_dir(Path(cfg.data))
+    rows = [validate_record(row, where=f"{cfg.data}/train").to_row() for row in data.train()]
+    if cfg.max_samples is not None and cfg.max_samples < len(rows):
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        rows = [rows[i] for i in sorted(order[: cfg.max_samples])]
+    return data, rows
+
+
+def _noise_generator(cfg: DistillConfig, round_index: int, step: int, sample: int) -> torch.Generator:
+    # Per-sample seeds: the noise a sample gets does not depend on batch size or process count.
+    return torch.Generator().manual_seed(torch_seed("noise", cfg.seed, round_index, step, sample))
+
+
+def _step_seed(cfg: DistillConfig, round_index: int, step: int, rank: int) -> int:
+    # Dropout draws from the global generator. Seeding it per (step, rank) makes it a function of the
+    # position, so no per-rank generator state needs a checkpoint and resuming is deterministic.
+    return torch_seed("dropout", cfg.seed, round_index, step, rank)
+
+
+def window_indices(ctx: Round, step: int) -> list[int]:
+    """This process's share of the records of optimizer step `step` (epoch order reshuffled per epoch)."""
+    epoch = step // ctx.steps_per_epoch
+    shuffle = torch.Generator().manual_seed(ctx.cfg.seed + 1000 * ctx.index + epoch)
+    order = torch.randperm(len(ctx.rows), generator=shuffle).tolist()
+    start = (step % ctx.steps_per_epoch) * ctx.window
+    rank = ctx.collective.rank
+    return order[start : start + ctx.window][rank * ctx.per_process : (rank + 1) * ctx.per_process]
+
+
+def _encode_record(loaded: Loaded, data: DataDir, row: dict[str, Any], max_length: int) -> Any:
+    """One record as model inputs; an image that cannot be used raises DataError."""
     from PIL import Image
 
-    from seedcli.models.chat import collate, encode
+    from seedcli.models.chat import encode
+
+    where = f"record {row['id']}"
+    try:
+        with Image.open(data.resolve_image("train", row["image"])) as handle:
+            image = handle.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{where}: image too large to decode safely ({exc})") from None
+    try:
+        return encode(loaded.processor, loaded.family, row["messages"], image, max_length=max_length, where=where)
+    except ValueError as exc:  # the processor rejects the image (e.g. Qwen2-VL's aspect-ratio limit)
+        raise DataError(f"{where}: the processor rejected the image ({exc})") from None
+
+
+def _encode_micro(
+    loaded: Loaded,
+    data: DataDir,
+    rows: list[dict[str, Any]],
+    indices: list[int],
+    cfg: DistillConfig,
+    round_index: int,
+    step: int,
+    alpha: float,
+    reporter: Reporter,
+) -> _Micro | None:
+    """Encode records `indices` (with their noised pixels for SEED); unusable ones are skipped with a warning."""
+    from seedcli.models.chat import collate
     from seedcli.models.forward import model_inputs, supervised
 
     clean, noisy, kept = [], [], []
     for index in indices:
-        row = rows[index]
         try:
-            with Image.open(data.resolve_image("train", row["image"])) as handle:
-                image = handle.convert("RGB")
-            enc = encode(loaded.processor, loaded.family, row["messages"], image, max_length=cfg.max_length, where=f"record {row['id']}")
+            enc = _encode_record(loaded, data, rows[index], cfg.max_length)
         except (OSError, DataError) as exc:
-            reporter.warn(f"skipping record {row['id']}: {exc}")
+            reporter.warn(f"skipping record {rows[index]['id']}: {exc}")
             continue
         clean.append(enc)
         kept.append(index)
         if cfg.method == "seed":
-            pixels = enc.vision["pixel_values"]
-            noised = noise.add_diffusion_noise(pixels, alpha, _noise_generator(cfg, round_index, step, index))
-            noisy.append(replace(enc, vision={**enc.vision, "pixel_values": noised}))
+            noised = noise.add_diffusion_noise(
+                enc.vision[PIXELS], alpha, _noise_generator(cfg, round_index, step, index)
+            )
+            noisy.append(replace(enc, vision={**enc.vision, PIXELS: noised}))
     if not clean:
         return None
-    pad_id = loaded.processor.tokenizer.pad_token_id
-    pad_id = loaded.processor.tokenizer.eos_token_id if pad_id is None else pad_id
+    tokenizer = loaded.processor.tokenizer
+    pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     batch = collate(clean, pad_id=pad_id)
     sup = supervised(batch["labels"].to(loaded.device))
     inputs = {k: v.to(loaded.device) for k, v in model_inputs(batch).items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
-    noisy_pixels = collate(noisy, pad_id=pad_id)["pixel_values"].to(loaded.device, loaded.dtype) if noisy else None
-    return _Micro(inputs=inputs, noisy_pixels=noisy_pixels, sup=sup, samples=len(clean), indices=tuple(kept), record_ids=tuple(str(rows[i]["id"]) for i in kept))
+    inputs[PIXELS] = inputs[PIXELS].to(loaded.dtype)
+    noisy_pixels = collate(noisy, pad_id=pad_id)[PIXELS].to(loaded.device, loaded.dtype) if noisy else None
+    ids = tuple(str(rows[i]["id"]) for i in kept)
+    return _Micro(
+        inputs=inputs, noisy_pixels=noisy_pixels, sup=sup, samples=len(clean), indices=tuple(kept), record_ids=ids
+    )
 
 
-def _teacher(model: Any, micro: _Micro, joint: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(ctx: Round, indices: list[int], step: int) -> _Micro | None:
+    return _encode_micro(ctx.loaded, ctx.data, ctx.rows, indices, ctx.cfg, ctx.index, step, ctx.alpha, ctx.reporter)
+
+
+def _encode_window(ctx: Round, step: int, state: TrainState) -> tuple[list[_Micro], int]:
+    """The window's micro-batches on this process and the supervised tokens of the whole window."""
+    cfg = ctx.cfg
+    indices = window_indices(ctx, step)
+    encoded = [_encode(ctx, indices[i : i + cfg.batch_size], step) for i in range(0, len(indices), cfg.batch_size)]
+    micros = [m for m in encoded if m is not None]
+    # FSDP all-gathers inside every forward: a rank with fewer forwards would hang the others.
+    sharded = cfg.strategy == "fsdp" and ctx.collective.backend is not None
+    if sharded and ctx.collective.any_flag(len(micros) < cfg.grad_accum):
+        raise DataError(
+            f"step {step + 1}: a whole micro-batch could not be encoded on some process (see the warnings); "
+            "--strategy fsdp needs the same forwards on every process: fix or remove those records."
+        )
+    state.skipped_samples += ctx.collective.sum_int(len(indices) - sum(m.samples for m in micros))
+    num_tokens = ctx.collective.sum_int(sum(m.sup.count for m in micros))
+    if num_tokens == 0:
+        raise DataError(
+            f"step {step + 1}: no record of the whole batch could be used (see the warnings); check the data."
+        )
+    return micros, num_tokens
+
+
+def _probe(ctx: Round) -> _Micro:
+    """The first micro-batch of the round (for the sanity checks); an unusable one stops the start."""
+    probe = _encode(ctx, window_indices(ctx, 0)[: ctx.cfg.batch_size], 0)
+    if ctx.collective.any_flag(probe is None):
+        raise DataError("the first batch could not be encoded (see the warnings above).")
+    assert probe is not None
+    return probe
+
+
+# --- SEED: teacher, identify, purge --------------------------------------------------------------------------
+
+
+def _teacher(model: PeftModel, micro: _Micro, joint: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean and noisy teacher logits [N, V] from the frozen base (adapter disabled)."""
     from seedcli.models.forward import doubled, supervised_logits
 
@@ -213,12 +320,16 @@ def _teacher(model: Any, micro: _Micro, joint: bool) -> tuple[torch.Tensor, torc
             both = supervised_logits(model, doubled(micro.inputs, micro.noisy_pixels), mask)
             return both[: micro.sup.count], both[micro.sup.count :]
         clean = supervised_logits(model, micro.inputs, micro.sup.mask)
-        noisy = supervised_logits(model, {**micro.inputs, "pixel_values": micro.noisy_pixels}, micro.sup.mask)
+        noisy = supervised_logits(model, {**micro.inputs, PIXELS: micro.noisy_pixels}, micro.sup.mask)
         return clean, noisy
 
 
-def _teacher_targets(model: Any, micro: _Micro, joint: bool, cache: teacher_cache.TeacherCache | None, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _teacher_targets(
+    model: PeftModel, micro: _Micro, joint: bool, cache: teacher_cache.TeacherCache | None, round_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher logits [N, V]: from the cache when every sample of the micro-batch is in it, else computed and stored."""
+    from seedcli.models.forward import supervised_logits
+
     if cache is None:
         return _teacher(model, micro, joint)
     rows = torch.bincount(micro.sup.sample_index, minlength=micro.samples).tolist()
@@ -230,11 +341,9 @@ def _teacher_targets(model: Any, micro: _Micro, joint: bool, cache: teacher_cach
     clean, cached_noisy = hit
     if cached_noisy is not None:
         return clean, cached_noisy
-    from seedcli.models.forward import supervised_logits
-
     # Mode "clean": the noisy pass still runs, on this step's fresh noise.
     with torch.no_grad(), model.disable_adapter():
-        return clean, supervised_logits(model, {**micro.inputs, "pixel_values": micro.noisy_pixels}, micro.sup.mask)
+        return clean, supervised_logits(model, {**micro.inputs, PIXELS: micro.noisy_pixels}, micro.sup.mask)
 
 
 def _confidence(cfg: DistillConfig, clean: torch.Tensor, micro: _Micro) -> torch.Tensor:
@@ -253,12 +362,158 @@ def _betas(cfg: DistillConfig, history: purify.ConfidenceHistory, window_conf: t
     return purify.continuous_beta(window_conf, lo, hi, min(cfg.beta_values), max(cfg.beta_values))
 
 
+def purified_targets(
+    ctx: Round,
+    model: PeftModel,
+    micros: list[_Micro],
+    history: purify.ConfidenceHistory,
+    cache: teacher_cache.TeacherCache | None,
+) -> tuple[list[torch.Tensor | None], torch.Tensor, torch.Tensor]:
+    """SEED's teacher side for a window: (purified logits per micro-batch, window confidences, window betas).
+
+    Teacher passes on clean and noised images, confidences of the whole window (all processes, in
+    sample order) into the history, beta per sample (or token), then purge. SFT has no targets.
+    """
+    cfg = ctx.cfg
+    if cfg.method != "seed":
+        return [None] * len(micros), torch.zeros(0), torch.zeros(0)
+    joint = cfg.teacher_batching == "joint"
+    teacher = [_teacher_targets(model, m, joint, cache, ctx.index) for m in micros]
+    confs = [_confidence(cfg, clean, m) for (clean, _), m in zip(teacher, micros)]
+    local = torch.cat(confs).float().cpu() if confs else torch.zeros(0)
+    parts = ctx.collective.gather_parts(local)
+    window_conf = torch.cat(parts)
+    window_betas = _betas(cfg, history, window_conf)
+    cursor = sum(p.numel() for p in parts[: ctx.collective.rank])  # where this process's samples start
+    targets: list[torch.Tensor | None] = []
+    for (clean, noisy), m, conf in zip(teacher, micros, confs):
+        beta = window_betas[cursor : cursor + conf.numel()].to(clean.device)
+        cursor += conf.numel()
+        token_beta = beta[m.sup.sample_index] if cfg.identify == "sample" else beta
+        targets.append(
+            purify.purify(clean, noisy, token_beta, cfg.purify_space, cfg.plausibility_gamma, cfg.plausibility_penalty)
+        )
+    return targets, window_conf, window_betas
+
+
+# --- the student, the update, the metrics line ----------------------------------------------------------------
+
+
+def student_backward(
+    ctx: Round, model: PeftModel, micros: list[_Micro], targets: list[torch.Tensor | None], num_tokens: int
+) -> tuple[float, float, float]:
+    """Student passes and backward per micro-batch; returns the window's (loss, kl, ce) over all processes.
+
+    Every term is normalised by the supervised tokens of the whole window (`num_tokens`), so the
+    gradient does not depend on how the window is split into micro-batches or processes.
+    """
+    from seedcli.models.forward import supervised_logits
+
+    cfg = ctx.cfg
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, kl, ce
+    for m, target in zip(micros, targets):
+        student = supervised_logits(model, m.inputs, m.sup.mask)  # [N, V]
+        if target is None:
+            ce = losses.cross_entropy_mean(student, m.sup.targets, num_tokens=num_tokens, chunk=cfg.loss_chunk)
+            total, kl = ce, ce.new_zeros(())
+        else:
+            parts = losses.seed_loss(
+                student,
+                target,
+                m.sup.targets,
+                temperature=cfg.temperature,
+                distill_weight=cfg.distill_weight,
+                kind=cfg.divergence,
+                num_tokens=num_tokens,
+                jsd_beta=cfg.jsd_beta,
+                chunk=cfg.loss_chunk,
+            )
+            total, kl, ce = parts.total, parts.kl, parts.ce
+        total.backward()
+        sums += torch.tensor([float(total.detach()), float(kl.detach()), float(ce.detach())], dtype=torch.float64)
+    # Each process holds its share of the window's sums (already over the global token count).
+    loss, kl_sum, ce_sum = (float(v) for v in ctx.collective.gather(sums).view(-1, 3).sum(0))
+    return loss, kl_sum, ce_sum
+
+
+def apply_update(ctx: Round, learner: _Learner, state: TrainState, step: int, loss: float) -> float | None:
+    """Sum and clip gradients, then step; a non-finite loss or gradient on any process skips the update.
+
+    Returns the gradient norm of an applied update, or None for a skipped one.
+    """
+    ctx.collective.reduce_gradients(learner.params)
+    max_norm = ctx.cfg.max_grad_norm if ctx.cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(learner.params, max_norm)
+    finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
+    if ctx.collective.any_flag(not finite):
+        learner.optimizer.zero_grad(set_to_none=True)
+        state.skipped_steps += 1
+        state.bad_in_a_row += 1
+        ctx.reporter.warn(
+            f"step {step + 1}: non-finite loss or gradient; update skipped ({state.bad_in_a_row} in a row)"
+        )
+        return None
+    learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    state.bad_in_a_row = 0
+    return float(grad_norm)
+
+
+def _advance_schedule(learner: _Learner) -> None:
+    with warnings.catch_warnings():
+        # A skipped update still advances the schedule, so the LR stays aligned with the step.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        learner.scheduler.step()
+
+
+def metrics_line(ctx: Round, state: TrainState, done: int, lr: float) -> dict[str, Any]:
+    """One line of metrics.jsonl: means over the updates since the previous line."""
+    seed = ctx.cfg.method == "seed"
+    w = state.window
+    return {
+        "round": ctx.index,
+        "step": done,
+        "epoch": round(done / ctx.steps_per_epoch, 4),
+        "loss": w.mean("loss"),
+        "kl": w.mean("kl") if seed else None,
+        "ce": w.mean("ce"),
+        "beta": w.mean("beta") if seed else None,
+        "confidence": w.mean("conf") if seed else None,
+        "lr": lr,
+        "grad_norm": w.mean("grad_norm"),
+        "tokens": w.tokens,
+        "samples_per_s": w.samples / max(w.seconds, 1e-9),
+        "skipped_steps": state.skipped_steps,
+        "skipped_samples": state.skipped_samples,
+    }
+
+
+def _record_step(
+    ctx: Round, state: TrainState, values: tuple[float, float, float], grad_norm: float | None, seconds: float
+) -> None:
+    """Add a step to the metrics window: every step's tokens and samples, an applied update's values."""
+    w = state.window
+    w.seconds += seconds
+    w.samples += ctx.window
+    if grad_norm is None:
+        return
+    loss, kl, ce = values
+    w.steps += 1
+    w.loss, w.kl, w.ce, w.grad_norm = w.loss + loss, w.kl + kl, w.ce + ce, w.grad_norm + grad_norm
+    if ctx.cfg.method == "seed":
+        state.kl_sum += kl
+        state.kl_steps += 1
+
+
+# --- one round ---------------------------------------------------------------------------------------------------
+
+
 @contextmanager
 def _stop_signals() -> Iterator[dict[str, bool]]:
     """Turn SIGINT/SIGTERM into a flag checked after each step (so a checkpoint can be saved)."""
     flag = {"stop": False}
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         flag["stop"] = True
 
     previous = {}
@@ -274,24 +529,47 @@ def _stop_signals() -> Iterator[dict[str, bool]]:
             signal.signal(sig, old)
 
 
-def _step_seed(cfg: DistillConfig, round_index: int, step: int, rank: int) -> int:
-    # Dropout draws from the global generator. Seeding it per (step, rank) makes it a function of the
-    # position, so no per-rank generator state needs a checkpoint and resuming is deterministic.
-    return hash((cfg.seed, round_index, step, rank, 1)) & 0x7FFF_FFFF_FFFF_FFFF
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    """Non-reentrant activation checkpointing, through the API the installed transformers offers."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the old name warns)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _load_dtype(name: str, device: str) -> str:
-    """The dtype name that `auto` means on `device` (FSDP loads on cpu for a cuda run)."""
-    from seedcli.models.loading import resolve_dtype
+def _wrap(model: PreTrainedModel, cfg: DistillConfig, family: Family) -> PeftModel:
+    from peft import LoraConfig, get_peft_model
 
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[resolve_dtype(name, device)]
+    config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=family.lora_target_regex(cfg.lora_targets),
+        bias="none",
+    )
+    torch.manual_seed(cfg.seed)
+    wrapped = get_peft_model(model, config)
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(wrapped.get_base_model())
+    return wrapped
+
+
+def _learner(ctx: Round, base: PreTrainedModel) -> _Learner:
+    model = _wrap(base, ctx.cfg, ctx.loaded.family)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=ctx.cfg.lr, weight_decay=ctx.cfg.weight_decay)
+    schedule = warmup_cosine(ctx.total_steps, int(ctx.cfg.warmup_ratio * ctx.total_steps))
+    return _Learner(model, params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
 
 
 def _tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype == torch.float32 else 5e-2
 
 
-def _sanity_checks(cfg: DistillConfig, model: Any, base_logits: torch.Tensor, micro: _Micro, alpha: float) -> dict[str, float]:
+def _sanity_checks(
+    cfg: DistillConfig, model: PeftModel, base_logits: torch.Tensor, micro: _Micro, alpha: float
+) -> dict[str, float]:
     """Fail in the first minute: supervised tokens, trainable set, teacher = base, SEED active."""
     from seedcli.models.forward import supervised_logits
 
@@ -306,394 +584,357 @@ def _sanity_checks(cfg: DistillConfig, model: Any, base_logits: torch.Tensor, mi
         teacher = supervised_logits(model, micro.inputs, micro.sup.mask)
     gap = (teacher.float() - base_logits.float()).abs().max().item()
     if gap > _tolerance(base_logits.dtype) * max(1.0, base_logits.float().abs().max().item()):
-        raise SeedError(f"the teacher (adapter disabled) differs from the base model by {gap:.3g}; the adapter is not cleanly separable.")
+        raise SeedError(
+            f"the teacher (adapter disabled) differs from the base model by {gap:.3g}; the adapter is not cleanly separable."
+        )
     checks = {"teacher_base_gap": gap}
     if cfg.method == "seed":
         clean, noisy = _teacher(model, micro, cfg.teacher_batching == "joint")
-        purified = purify.purify(clean, noisy, max(cfg.beta_values), cfg.purify_space, cfg.plausibility_gamma, cfg.plausibility_penalty)
-        shift = (torch.softmax(purified / cfg.temperature, -1) - torch.softmax(clean.float() / cfg.temperature, -1)).abs().max().item()
+        purified = purify.purify(
+            clean, noisy, max(cfg.beta_values), cfg.purify_space, cfg.plausibility_gamma, cfg.plausibility_penalty
+        )
+        t = cfg.temperature
+        shift = (torch.softmax(purified / t, -1) - torch.softmax(clean.float() / t, -1)).abs().max().item()
         checks["purification_shift"] = shift
         if shift < 1e-6:
-            raise ConfigError(f"--noise-alpha {alpha:.3g}: the noised image gives the same teacher distribution as the clean one, so SEED would be inactive; use more noise.")
+            raise ConfigError(
+                f"--noise-alpha {alpha:.3g}: the noised image gives the same teacher distribution as the clean one, "
+                "so SEED would be inactive; use more noise."
+            )
     return checks
 
 
-def _wrap(model: Any, cfg: DistillConfig, family: Any) -> Any:
-    from peft import LoraConfig, get_peft_model
+def _start_round(
+    ctx: Round, base: PreTrainedModel, resume_from: Path | None
+) -> tuple[_Learner, TrainState, purify.ConfidenceHistory, int, dict[str, float]]:
+    """Adapter, optimizer and schedule on the round's base, restored from `resume_from`, then checked."""
+    from seedcli.models.forward import supervised_logits
 
-    config = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=family.lora_target_regex(cfg.lora_targets),
-        bias="none",
-    )
-    torch.manual_seed(cfg.seed)
-    wrapped = get_peft_model(model, config)
-    if cfg.gradient_checkpointing:
-        wrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return wrapped
-
-
-def _prepare_run_dir(cfg: DistillConfig, out: Path, collective: Collective) -> None:
-    """Check --out/--resume/--overwrite before any work; nothing is created here."""
-    if cfg.resume:
-        if not (out / rundir.CONFIG).is_file():
-            raise ConfigError(f"--resume: {out} is not a run directory (no {rundir.CONFIG}); drop --resume to start a new run.")
-        if (out / rundir.SUMMARY).is_file():
-            raise ConfigError(f"--resume: {out} already finished (summary.json exists); start a new run instead.")
-        return
-    if collective.is_main and out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite to replace it, --resume to continue it, or choose another path.")
+    probe = _probe(ctx)
+    with torch.no_grad():
+        base_logits = supervised_logits(base, probe.inputs, probe.sup.mask)
+    learner = _learner(ctx, base)
+    state, history, start = TrainState(), purify.ConfidenceHistory(ctx.cfg.history_size), 0
+    if resume_from is not None:
+        saved = checkpoint.load(
+            resume_from, model=learner.model, optimizer=learner.optimizer, scheduler=learner.scheduler
+        )
+        start = int(saved["position"]["step"])
+        history = purify.ConfidenceHistory.from_state(saved["history"], ctx.cfg.history_size)
+        state = TrainState.from_dict(saved["counters"])
+        ctx.reporter.info(f"resumed round {ctx.index} from {resume_from.name} (step {start}/{ctx.total_steps})")
+    checks = _sanity_checks(ctx.cfg, learner.model, base_logits, probe, ctx.alpha)
+    if ctx.collective.is_main and start == 0:
+        ctx.reporter.info("sanity checks passed: " + ", ".join(f"{k}={v:.3g}" for k, v in checks.items()))
+    return learner, state, history, start, checks
 
 
-def _create_run_dir(cfg: DistillConfig, out: Path) -> None:
-    """Make the run directory once inputs and model are known good (a failed start leaves nothing)."""
-    if cfg.resume:
-        return
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)  # --overwrite was checked by _prepare_run_dir
-    out.mkdir(parents=True, exist_ok=True)
+def _save(ctx: Round, learner: _Learner, state: TrainState, history: purify.ConfidenceHistory, step: int) -> None:
+    if ctx.collective.is_main:
+        root = ctx.out / rundir.CHECKPOINTS
+        checkpoint.save(
+            root / checkpoint.name(ctx.index, step, ctx.cfg.rounds),
+            model=learner.model,
+            optimizer=learner.optimizer,
+            scheduler=learner.scheduler,
+            position={"round": ctx.index, "step": step},
+            history=history.state(),
+            counters=state.to_dict(),
+        )
+        checkpoint.prune(root, ctx.cfg.keep_checkpoints)
+    ctx.collective.any_flag(False)  # barrier: no rank stops or moves on before the checkpoint is complete
+
+
+def _log(
+    ctx: Round, state: TrainState, task: Task, done: int, lr: float, values: tuple[float, float, float]
+) -> dict[str, Any] | None:
+    """Progress every step; a metrics line every --log-every steps and at the end (then the window restarts)."""
+    loss, kl, ce = values
+    fields: dict[str, Any] = {"loss": loss, "lr": lr}
+    if ctx.cfg.method == "seed":
+        fields.update({"kl": kl, "ce": ce, "beta": state.window.mean("beta"), "conf": state.window.mean("conf")})
+    task.advance(1, **fields, skipped=state.skipped_steps, sps=state.window.samples / max(state.window.seconds, 1e-9))
+    if done % ctx.cfg.log_every and done != ctx.total_steps:
+        return None
+    line = metrics_line(ctx, state, done, lr)
+    if ctx.collective.is_main:
+        atomic.append_jsonl(ctx.out / rundir.METRICS, line)
+        ctx.reporter.log(line)
+    state.window = Window()
+    return line
+
+
+def _train_round(ctx: Round, base: PreTrainedModel, resume_from: Path | None) -> tuple[PeftModel, dict[str, Any]]:
+    """One round of training: the loop, top to bottom."""
+    cfg, collective = ctx.cfg, ctx.collective
+    learner, state, history, start, checks = _start_round(ctx, base, resume_from)
+    cache = None
+    if cfg.method == "seed" and cfg.teacher_cache != "off":
+        cache = teacher_cache.TeacherCache(ctx.out / rundir.TEACHER_CACHE, cfg.teacher_cache_k, cfg.teacher_cache)
+    last: dict[str, Any] = {}
+    title = f"round {ctx.index}/{cfg.rounds}" if cfg.rounds > 1 else cfg.method
+    with _stop_signals() as stop, ctx.reporter.task(title, total=ctx.total_steps, unit="step") as task:
+        if start:
+            task.advance(start)
+        for step in range(start, ctx.total_steps):
+            began = time.monotonic()
+            learner.model.train()
+            torch.manual_seed(_step_seed(cfg, ctx.index, step, collective.rank))
+            micros, num_tokens = _encode_window(ctx, step, state)
+            state.window.tokens += num_tokens
+
+            targets, conf, betas = purified_targets(ctx, learner.model, micros, history, cache)
+            values = student_backward(ctx, learner.model, micros, targets, num_tokens)
+
+            grad_norm = apply_update(ctx, learner, state, step, values[0])
+            if grad_norm is not None:
+                state.window.beta += float(betas.mean()) if betas.numel() else 0.0
+                state.window.conf += float(conf.mean()) if conf.numel() else 0.0
+            elif state.bad_in_a_row >= cfg.max_nonfinite:
+                _save(ctx, learner, state, history, step)
+                raise SeedError(
+                    f"{state.bad_in_a_row} steps in a row had a non-finite loss; stopped after saving the last good "
+                    "state (lower --lr, use --dtype fp32 or bf16 instead of fp16/4-bit)."
+                )
+            _advance_schedule(learner)
+            _record_step(ctx, state, values, grad_norm, time.monotonic() - began)
+
+            done = step + 1
+            last = _log(ctx, state, task, done, learner.scheduler.get_last_lr()[0], values) or last
+            if done % cfg.save_every == 0 and done < ctx.total_steps:
+                _save(ctx, learner, state, history, done)
+            if collective.any_flag(stop["stop"]):
+                _save(ctx, learner, state, history, done)
+                resume = f"seed distill --resume --out {ctx.out}"
+                raise Interrupted(
+                    f"interrupted at step {done}/{ctx.total_steps}; checkpoint saved. Continue with: {resume}"
+                )
+
+    mean_kl = state.kl_sum / state.kl_steps if state.kl_steps else None
+    result = {"round": ctx.index, "steps": ctx.total_steps, "last": last, "mean_kl": mean_kl}
+    result.update({"skipped_steps": state.skipped_steps, "skipped_samples": state.skipped_samples, "sanity": checks})
+    return learner.model, result
+
+
+# --- a run: start, rounds, finish ------------------------------------------------------------------------------------
 
 
 def distill(
-    cfg: DistillConfig,
-    reporter: Reporter,
-    *,
-    collective: Collective | None = None,
-    tracker: trackers.Trackers | None = None,
+    cfg: DistillConfig, reporter: Reporter, *, collective: Collective | None = None, given: frozenset[str] | None = None
 ) -> dict[str, Any]:
     """Run SEED (or the SFT baseline) and write the run directory; returns summary.json's content.
 
     Without `collective`, joins the process group the launcher's environment describes (see
-    seedcli.distributed) and leaves it at the end.
+    seedcli.distributed) and leaves it at the end. `given` names the config fields the user set
+    explicitly (the CLI's parser knows); with --resume only those override config.json. None
+    counts every field that differs from its default as given.
     """
     if collective is not None:
-        return _distill(cfg, reporter, collective, tracker)
+        return _distill(cfg, reporter, collective, given)
     from seedcli import distributed
+    from seedcli.models.loading import resolve_device
 
-    joined = distributed.join(device=cfg.device, processes=(cfg.gpus or cfg.nproc or 1) * cfg.nnodes, timeout_s=cfg.nccl_timeout_s, master_addr=cfg.master_addr, master_port=cfg.master_port, force=cfg.strategy == "fsdp")
+    processes = (cfg.gpus or cfg.nproc or 1) * cfg.nnodes
+    joined = distributed.join(
+        device=cfg.device,
+        processes=processes,
+        timeout_s=cfg.nccl_timeout_s,
+        master_addr=cfg.master_addr,
+        master_port=cfg.master_port,
+        force=cfg.strategy == "fsdp",
+    )
     try:
-        return _distill(cfg, reporter, joined or Collective(), tracker)
+        return _distill(cfg, reporter, joined or LocalCollective(torch.device(resolve_device(cfg.device))), given)
     finally:
         if joined is not None:
             distributed.shutdown()
 
 
-def _distill(
-    cfg: DistillConfig, reporter: Reporter, collective: Any, tracker: trackers.Trackers | None = None
-) -> dict[str, Any]:
+def _load_dtype(name: str, device: str) -> str:
+    """The dtype name that `auto` means on `device` (FSDP loads on cpu for a cuda run)."""
+    from seedcli.models.loading import resolve_dtype
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[resolve_dtype(name, device)]
+
+
+def _load(cfg: DistillConfig, collective: Collective) -> Loaded:
+    """The base model on this process's device; FSDP loads on the CPU and shards onto the device."""
     from seedcli import distributed
-    from seedcli.environment import environment
     from seedcli.models.loading import load
 
-    if not collective.is_main:
-        reporter = distributed.RankReporter(reporter, collective.rank)
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    if cfg.resume:
-        cfg = _resolve_resume(cfg, out, collective.world, reporter)
-    _prepare_run_dir(cfg, out, collective)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-    data, rows = _records(cfg)
-    window = cfg.batch_size * cfg.grad_accum * collective.world
-    steps_per_epoch = len(rows) // window
-    if steps_per_epoch == 0:
-        raise DataError(f"{cfg.data} has {len(rows)} training records, fewer than one optimizer step needs ({window} = batch-size x grad-accum x processes).")
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    alpha = noise_alpha(cfg)
     # A process group puts each rank on its own device (cuda:<local rank>); FSDP loads on the CPU
     # and lets fully_shard move each rank's shards there, so the full model never sits on one GPU.
-    target = str(getattr(collective, "device", cfg.device))
-    sharded = cfg.strategy == "fsdp" and hasattr(collective, "device")
+    target = str(collective.device)
+    sharded = cfg.strategy == "fsdp" and collective.backend is not None
     dtype = _load_dtype(cfg.dtype, target) if sharded else cfg.dtype
     loaded = None
     for turn in (True, False):  # rank 0 first: it may download or build caches the others then read
         if collective.is_main == turn:
-            loaded = load(cfg.model, dtype=dtype, device="cpu" if sharded else target, quantization=cfg.quantization, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+            loaded = load(
+                cfg.model,
+                dtype=dtype,
+                device="cpu" if sharded else target,
+                quantization=cfg.quantization,
+                trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation,
+            )
         if collective.world > 1 and turn:
             collective.any_flag(False)
+    assert loaded is not None
     if sharded:
-        loaded = replace(loaded, model=distributed.shard_frozen_base(loaded.model, collective), device=torch.device(target))
-    env = environment()
-    if collective.is_main:
-        _create_run_dir(cfg, out)
-        chat_template = getattr(loaded.processor, "chat_template", None)
-        resolved = {
-            "model_source": loaded.ref.source,
-            "family": loaded.family.name,
-            "dtype": str(loaded.dtype).replace("torch.", ""),
-            "device": str(loaded.device),
-            "noise_alpha": alpha,
-            "global_batch": window,
-            "world_size": collective.world,
-            "strategy": cfg.strategy if collective.world > 1 or sharded else "single",
-            "backend": distributed.backend_for(loaded.device.type) if hasattr(collective, "device") else None,
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps_per_round": total_steps,
-            "train_records": len(rows),
-            "lora_target_regex": loaded.family.lora_target_regex(cfg.lora_targets),
-            "chat_template": chat_template,
-        }
-        atomic.write_json(out / rundir.CONFIG, {"seedcli_version": __version__, "command": "distill", "config": to_dict(cfg), "resolved": resolved})
-        atomic.write_json(out / rundir.ENV, env)
-        reporter.info(f"run directory: {out}")
-        reporter.info(f"{cfg.method} on {cfg.model} ({loaded.family.name}, {resolved['dtype']}, {resolved['device']}): {len(rows)} records, {total_steps} steps x {cfg.rounds} round(s), global batch {window}")
-
-    start_round = 1
-    if cfg.resume:
-        ckpt = checkpoint.newest(out / rundir.CHECKPOINTS)
-        if ckpt is not None:
-            start_round = int(json.loads((ckpt / checkpoint.STATE).read_text(encoding="utf-8"))["position"]["round"])
-    base = loaded.model
-    for previous in range(1, start_round):
-        base = rundir.apply_adapters(base, [out / rundir.ROUNDS / f"round-{previous}" / "adapter"], merge_last=True)
-
-    results: list[dict[str, Any]] = []
-    for round_index in range(start_round, cfg.rounds + 1):
-        resume_from = checkpoint.newest(out / rundir.CHECKPOINTS) if cfg.resume and round_index == start_round else None
-        model, result = _train_round(
-            cfg, base, loaded, data, rows, out, round_index, total_steps, steps_per_epoch, alpha, reporter, collective,
-            resume_from, tracker,
+        loaded = replace(
+            loaded, model=distributed.shard_frozen_base(loaded.model, collective), device=collective.device
         )
-        results.append(result)
-        if collective.is_main and cfg.rounds > 1:
-            model.save_pretrained(str(out / rundir.ROUNDS / f"round-{round_index}" / "adapter"))
-        if round_index < cfg.rounds:
-            base = model.merge_and_unload()  # the evolved model is the next round's teacher
+    return loaded
+
+
+def _check_lora_targets(cfg: DistillConfig, loaded: Loaded) -> None:
+    """--lora-targets must name modules of the language model (PEFT matches the regex in full)."""
+    pattern = re.compile(loaded.family.lora_target_regex(cfg.lora_targets))
+    if not any(pattern.fullmatch(name) for name, _ in loaded.model.named_modules()):
+        names = ",".join(cfg.lora_targets)
+        raise ConfigError(
+            f"--lora-targets {names} matches no attention projection of {cfg.model}'s language model; use names like q_proj,v_proj."
+        )
+
+
+def _resolved(cfg: DistillConfig, ctx: Round) -> dict[str, Any]:
+    """config.json's `resolved` part: what the flags turned into on this machine."""
+    from seedcli import distributed
+
+    loaded, collective = ctx.loaded, ctx.collective
+    sharded = cfg.strategy == "fsdp" and collective.backend is not None
+    return {
+        "model_source": loaded.ref.source,
+        "family": loaded.family.name,
+        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "device": str(loaded.device),
+        "noise_alpha": ctx.alpha,
+        "global_batch": ctx.window,
+        "world_size": collective.world,
+        "strategy": cfg.strategy if collective.world > 1 or sharded else "single",
+        "backend": distributed.backend_for(loaded.device.type) if collective.backend is not None else None,
+        "steps_per_epoch": ctx.steps_per_epoch,
+        "total_steps_per_round": ctx.total_steps,
+        "train_records": len(ctx.rows),
+        "lora_target_regex": loaded.family.lora_target_regex(cfg.lora_targets),
+        "chat_template": getattr(loaded.processor, "chat_template", None),
+    }
+
+
+def _first_round(cfg: DistillConfig, out: Path, collective: Collective, reporter: Reporter) -> Round:
+    """Data, model and the checks that need them, before anything is written."""
+    data, rows = _records(cfg)
+    window = cfg.batch_size * cfg.grad_accum * collective.world
+    steps_per_epoch = len(rows) // window
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"{cfg.data} has {len(rows)} training records, fewer than one optimizer step needs "
+            f"({window} = batch-size x grad-accum x processes)."
+        )
+    loaded = _load(cfg, collective)
+    _check_lora_targets(cfg, loaded)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    return Round(cfg, loaded, data, rows, out, 1, total, steps_per_epoch, noise_alpha(cfg), collective, reporter)
+
+
+def _write_start(ctx: Round) -> None:
+    """config.json and env.json (rewritten on resume: the settings of this start are the run's now)."""
+    from seedcli import __version__
+    from seedcli.environment import environment
+
+    cfg, out = ctx.cfg, ctx.out
+    document = {
+        "seedcli_version": __version__,
+        "command": "distill",
+        "config": to_dict(cfg),
+        "resolved": _resolved(cfg, ctx),
+    }
+    atomic.write_json(out / rundir.CONFIG, document)
+    atomic.write_json(out / rundir.ENV, environment())
+    ctx.reporter.info(f"run directory: {out}")
+    where = f"{ctx.loaded.family.name}, {document['resolved']['dtype']}, {document['resolved']['device']}"
+    ctx.reporter.info(
+        f"{cfg.method} on {cfg.model} ({where}): {len(ctx.rows)} records, {ctx.total_steps} steps x {cfg.rounds} round(s), "
+        f"global batch {ctx.window}"
+    )
+
+
+def _distill(
+    cfg: DistillConfig, reporter: Reporter, collective: Collective, given: frozenset[str] | None
+) -> dict[str, Any]:
+    from seedcli import distributed
+
+    if not collective.is_main:
+        reporter = distributed.RankReporter(reporter, collective.rank)
+    out = Path(cfg.out) if cfg.out else rundir.default_out(cfg.model, cfg.method)
+    if cfg.resume or collective.is_main:
+        rundir.check_out(cfg, out)
+    lock = rundir.Lock(out) if cfg.resume and collective.is_main else None
+    try:
+        if cfg.resume:
+            cfg = rundir.resumed_config(cfg, out, given, collective.world, reporter)
+            if collective.is_main and checkpoint.remove_staging(out / rundir.CHECKPOINTS):
+                reporter.info("removed the staging of a checkpoint save that was cut short")
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        ctx = _first_round(cfg, out, collective, reporter)
+        _probe(ctx)  # an unusable first batch fails here, before anything is written
+        if collective.is_main and not cfg.resume:
+            lock = rundir.create(out, overwrite=cfg.overwrite)
+        try:
+            if collective.is_main:
+                _write_start(ctx)
+            return _rounds(ctx)
+        except BaseException:
+            if lock is not None and not cfg.resume and checkpoint.newest(out / rundir.CHECKPOINTS) is None:
+                rundir.discard(out, lock)  # a new run that never saved a checkpoint leaves nothing
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rounds(first: Round) -> dict[str, Any]:
+    """Every round from where the run stands (newest checkpoint), then the adapter and summary.json."""
     from peft import get_peft_model_state_dict
 
+    from seedcli import distributed
+
+    cfg, out, collective = first.cfg, first.out, first.collective
+    resume_from = checkpoint.newest(out / rundir.CHECKPOINTS) if cfg.resume else None
+    start_round, start_step = checkpoint.position(resume_from) if resume_from else (1, 0)
+    if collective.is_main and cfg.resume:
+        rundir.truncate_metrics(out, start_round, start_step)  # lines after it will be logged again
+    base = first.loaded.model
+    for previous in range(1, start_round):
+        base = rundir.apply_adapters(base, [rundir.round_adapter(out, previous)], merge_last=True)
+    results: list[dict[str, Any]] = []
+    for index in range(start_round, cfg.rounds + 1):
+        model, result = _train_round(replace(first, index=index), base, resume_from if index == start_round else None)
+        results.append(result)
+        if collective.is_main and cfg.rounds > 1:
+            model.save_pretrained(str(rundir.round_adapter(out, index)))
+        if index < cfg.rounds:
+            base = model.merge_and_unload()  # the evolved model is the next round's teacher
     # Every rank applied the same summed gradients; check the replicas really are identical.
     digests = distributed.replica_digests(collective, get_peft_model_state_dict(model))
     if len(set(digests)) > 1:
-        raise SeedError(f"adapter weights differ across processes after training (digests by rank: {', '.join(digests)}); the gradient reduction is broken, please report this.")
-    summary = {
-        "seedcli_version": __version__,
-        "run_dir": str(out),
-        "model": cfg.model,
-        "method": cfg.method,
-        "rounds": cfg.rounds,
-        "steps_per_round": total_steps,
-        "global_batch": window,
-        "adapter": str(out / rundir.ADAPTER),
-        "adapter_chain": [str(p) for p in ([out / rundir.ROUNDS / f"round-{r}" / "adapter" for r in range(1, cfg.rounds + 1)] if cfg.rounds > 1 else [out / rundir.ADAPTER])],
-        "round_results": results,
-        "final": results[-1] if results else {},
-        "replicas": {"world_size": collective.world, "adapter_digests": digests},
-    }
+        raise SeedError(
+            f"adapter weights differ across processes after training (digests by rank: {', '.join(digests)}); "
+            "the gradient reduction is broken, please report this."
+        )
+    replicas = {"world_size": collective.world, "adapter_digests": digests}
+    summary = rundir.summary(
+        cfg,
+        out,
+        steps_per_round=first.total_steps,
+        global_batch=first.window,
+        round_results=results,
+        final=results[-1] if results else {},
+        replicas=replicas,
+    )
     if collective.is_main:
         model.save_pretrained(str(out / rundir.ADAPTER))
         atomic.write_json(out / rundir.SUMMARY, summary)
     return summary
-
-
-def _train_round(
-    cfg: DistillConfig,
-    base: Any,
-    loaded: Any,
-    data: Any,
-    rows: list[dict[str, Any]],
-    out: Path,
-    round_index: int,
-    total_steps: int,
-    steps_per_epoch: int,
-    alpha: float,
-    reporter: Reporter,
-    collective: Collective,
-    resume_from: Path | None,
-    tracker: trackers.Trackers | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """One round of training: the loop, top to bottom."""
-    from seedcli.models.forward import supervised_logits
-
-    per_process = cfg.batch_size * cfg.grad_accum
-    window = per_process * collective.world
-    sharded_forwards = cfg.strategy == "fsdp" and collective.world > 1
-
-    def window_indices(step: int) -> list[int]:
-        epoch = step // steps_per_epoch
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed + 1000 * round_index + epoch)).tolist()
-        start = (step % steps_per_epoch) * window
-        mine = order[start : start + window][collective.rank * per_process : (collective.rank + 1) * per_process]
-        return mine
-
-    # --- setup: probe batch on the unwrapped base, adapter, optimizer, schedule -------------------
-    probe = _encode_micro(loaded, data, rows, window_indices(0)[: cfg.batch_size], cfg, round_index, 0, alpha, reporter)
-    if collective.any_flag(probe is None):
-        raise DataError("the first batch could not be encoded (see the warnings above).")
-    with torch.no_grad():
-        base_logits = supervised_logits(base, probe.inputs, probe.sup.mask)
-    model = _wrap(base, cfg, loaded.family)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = int(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
-    history = purify.ConfidenceHistory(cfg.history_size)
-    start_step, counters = 0, {"skipped_steps": 0, "skipped_samples": 0, "bad_in_a_row": 0, "kl_sum": 0.0, "kl_steps": 0}
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler)
-        start_step = int(state["position"]["step"])
-        history = purify.ConfidenceHistory.from_state(state["history"], cfg.history_size)
-        counters.update(state["counters"])
-        if collective.is_main:
-            _truncate_metrics(out / rundir.METRICS, round_index, start_step)
-        reporter.info(f"resumed round {round_index} from {resume_from.name} (step {start_step}/{total_steps})")
-    checks = _sanity_checks(cfg, model, base_logits, probe, alpha)
-    if collective.is_main and start_step == 0:
-        reporter.info("sanity checks passed: " + ", ".join(f"{k}={v:.3g}" for k, v in checks.items()))
-
-    def save_checkpoint(step: int) -> None:
-        if collective.is_main:
-            checkpoint.save(
-                out / rundir.CHECKPOINTS / f"step-{round_index}-{step}" if cfg.rounds > 1 else out / rundir.CHECKPOINTS / f"step-{step}",
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                position={"round": round_index, "step": step},
-                history=history.state(),
-                counters=counters,
-            )
-            checkpoint.prune(out / rundir.CHECKPOINTS, cfg.keep_checkpoints)
-        collective.any_flag(False)  # barrier: no rank stops or moves on before the checkpoint is complete
-
-    # --- the loop ---------------------------------------------------------------------------------
-    stats = _Stats()
-    last: dict[str, Any] = {}
-    joint = cfg.teacher_batching == "joint"
-    cache = teacher_cache.TeacherCache(out / "teacher-cache", cfg.teacher_cache_k, cfg.teacher_cache) if cfg.method == "seed" and cfg.teacher_cache != "off" else None
-    with _stop_signals() as stop, reporter.task(f"round {round_index}/{cfg.rounds}" if cfg.rounds > 1 else cfg.method, total=total_steps, unit="step") as task:
-        if start_step:
-            task.advance(start_step)
-        for step in range(start_step, total_steps):
-            model.train()
-            torch.manual_seed(_step_seed(cfg, round_index, step, collective.rank))
-            indices = window_indices(step)
-            micros = [_encode_micro(loaded, data, rows, indices[i : i + cfg.batch_size], cfg, round_index, step, alpha, reporter) for i in range(0, len(indices), cfg.batch_size)]
-            skipped = len(indices) - sum(m.samples for m in micros if m is not None)
-            micros = [m for m in micros if m is not None]
-            # FSDP all-gathers inside every forward: a rank with fewer forwards would hang the others.
-            if sharded_forwards and collective.any_flag(len(micros) < cfg.grad_accum):
-                raise DataError(f"step {step + 1}: a whole micro-batch could not be encoded on some process (see the warnings); --strategy fsdp needs the same forwards on every process: fix or remove those records.")
-            counters["skipped_samples"] += collective.sum_int(skipped)
-            num_tokens = collective.sum_int(sum(m.sup.count for m in micros))
-            if num_tokens == 0:
-                raise DataError(f"step {step}: no supervised tokens in the whole batch; check the data.")
-
-            # Teacher passes, identify and beta for the whole window (before any student pass).
-            targets: list[torch.Tensor | None] = []
-            conf_window = torch.zeros(0)
-            betas = all_betas = torch.zeros(0)
-            if cfg.method == "seed":
-                teacher = [_teacher_targets(model, m, joint, cache, round_index) for m in micros]
-                confs = [_confidence(cfg, clean, m) for (clean, _), m in zip(teacher, micros)]
-                local = torch.cat(confs).float().cpu() if confs else torch.zeros(0)
-                conf_window = collective.gather(local)
-                all_betas = _betas(cfg, history, conf_window)
-                offset = sum(collective.gather(torch.tensor([float(local.numel())]))[: collective.rank].long().tolist()) if collective.world > 1 else 0
-                betas = all_betas[offset : offset + local.numel()]
-                cursor = 0
-                for (clean, noisy), m, conf in zip(teacher, micros, confs):
-                    beta = betas[cursor : cursor + conf.numel()].to(clean.device)
-                    cursor += conf.numel()
-                    token_beta = beta[m.sup.sample_index] if cfg.identify == "sample" else beta
-                    targets.append(purify.purify(clean, noisy, token_beta, cfg.purify_space, cfg.plausibility_gamma, cfg.plausibility_penalty))
-                del teacher
-            else:
-                targets = [None] * len(micros)
-
-            # Student passes: loss normalised by the window's supervised tokens, backward per micro.
-            loss_value = kl_value = ce_value = 0.0
-            for m, target in zip(micros, targets):
-                student = supervised_logits(model, m.inputs, m.sup.mask)
-                if target is None:
-                    ce = losses.cross_entropy_sum(student, m.sup.targets) / num_tokens
-                    total, kl = ce, None
-                else:
-                    parts = losses.seed_loss(student, target, m.sup.targets, temperature=cfg.temperature, distill_weight=cfg.distill_weight, kind=cfg.divergence, num_tokens=num_tokens, jsd_beta=cfg.jsd_beta, chunk=cfg.loss_chunk)
-                    total, kl, ce = parts.total, parts.kl, parts.ce
-                total.backward()
-                loss_value += float(total.detach())
-                ce_value += float(ce.detach())
-                kl_value += float(kl.detach()) if kl is not None else 0.0
-            # Each process holds its share of the window's sums (already over the global token count).
-            loss_value, kl_value, ce_value = (float(v) for v in collective.gather(torch.tensor([loss_value, kl_value, ce_value], dtype=torch.float64)).view(-1, 3).sum(0))
-            collective.reduce_gradients(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
-            if collective.any_flag(not finite):
-                optimizer.zero_grad(set_to_none=True)
-                counters["skipped_steps"] += 1
-                counters["bad_in_a_row"] += 1
-                reporter.warn(f"step {step + 1}: non-finite loss or gradient; update skipped ({counters['bad_in_a_row']} in a row)")
-                if counters["bad_in_a_row"] >= cfg.max_nonfinite:
-                    save_checkpoint(step)
-                    raise SeedError(f"{counters['bad_in_a_row']} steps in a row had a non-finite loss; stopped after saving the last good state (lower --lr, use --dtype fp32 or bf16 instead of fp16/4-bit).")
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                counters["bad_in_a_row"] = 0
-                stats.steps += 1
-                stats.loss += loss_value
-                stats.kl += kl_value
-                stats.ce += ce_value
-                stats.grad_norm += float(grad_norm)
-                stats.beta += float(all_betas.mean()) if all_betas.numel() else 0.0
-                stats.conf += float(conf_window.mean()) if conf_window.numel() else 0.0
-                if cfg.method == "seed":
-                    counters["kl_sum"] += kl_value
-                    counters["kl_steps"] += 1
-            with warnings.catch_warnings():
-                # A skipped update still advances the schedule, so the LR stays aligned with the step.
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                scheduler.step()
-            stats.tokens += num_tokens
-            stats.samples += len(indices) * collective.world
-
-            done = step + 1
-            elapsed = time.monotonic() - stats.started
-            fields = {"loss": loss_value, "lr": scheduler.get_last_lr()[0]}
-            if cfg.method == "seed":
-                fields.update({"kl": kl_value, "ce": ce_value, "beta": stats.mean("beta"), "conf": stats.mean("conf")})
-            task.advance(1, **fields, skipped=counters["skipped_steps"], sps=stats.samples / max(elapsed, 1e-9))
-            if done % cfg.log_every == 0 or done == total_steps:
-                last = {
-                    "round": round_index,
-                    "step": done,
-                    "epoch": round(done / steps_per_epoch, 4),
-                    "loss": stats.mean("loss"),
-                    "kl": stats.mean("kl") if cfg.method == "seed" else None,
-                    "ce": stats.mean("ce"),
-                    "beta": stats.mean("beta") if cfg.method == "seed" else None,
-                    "confidence": stats.mean("conf") if cfg.method == "seed" else None,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": stats.mean("grad_norm"),
-                    "tokens": stats.tokens,
-                    "samples_per_s": stats.samples / max(elapsed, 1e-9),
-                    "skipped_steps": counters["skipped_steps"],
-                    "skipped_samples": counters["skipped_samples"],
-                }
-                if collective.is_main:
-                    atomic.append_jsonl(out / rundir.METRICS, last)
-                    trackers.log_metrics(tracker, out, last)
-                    reporter.log(last)
-                stats = _Stats()
-            if done % cfg.save_every == 0 and done < total_steps:
-                save_checkpoint(done)
-            if collective.any_flag(stop["stop"]):
-                save_checkpoint(done)
-                raise Interrupted(f"interrupted at step {done}/{total_steps}; checkpoint saved. Continue with: seed distill --resume --out {out}")
-
-    mean_kl = counters["kl_sum"] / counters["kl_steps"] if counters["kl_steps"] else None
-    result = {"round": round_index, "steps": total_steps, "last": last, "mean_kl": mean_kl, "skipped_steps": counters["skipped_steps"], "skipped_samples": counters["skipped_samples"], "sanity": checks}
-    return model, result
-
-
-def _truncate_metrics(path: Path, round_index: int, step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
-    if not path.is_file():
-        return
-    rows = atomic.read_jsonl(path)
-    keep = [r for r in rows if (r.get("round", 1), r.get("step", 0)) <= (round_index, step)]
-    if len(keep) != len(rows):
-        atomic.write_jsonl(path, keep)

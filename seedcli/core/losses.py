@@ -28,28 +28,6 @@ from torch.utils.checkpoint import checkpoint
 from seedcli.core.choices import DIVERGENCE_KINDS
 
 
-def supervised_rows(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ignore_index: int = -100,
-    shift: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Select supervised rows: logits [B, T, V], labels [B, T] -> (rows [N, V], targets [N], sample_index [N]).
-
-    With `shift`, position t's logits predict label t + 1 (HF causal-LM labels); positions whose
-    label is `ignore_index` are dropped. Apply it to clean, noisy and student logits alike.
-    """
-    if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
-        raise ValueError(
-            f"need logits [B, T, V] and labels [B, T], got {tuple(logits.shape)} and {tuple(labels.shape)}"
-        )
-    if shift:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    mask = labels != ignore_index  # [B, T']
-    sample_index = mask.nonzero()[:, 0]  # [N], row-major order matches boolean indexing
-    return logits[mask], labels[mask], sample_index
-
-
 def _check_pair(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> None:
     if student_logits.dim() != 2 or student_logits.shape != target_logits.shape:
         raise ValueError(
@@ -164,6 +142,12 @@ def chunked(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, chunk: int,
     return total
 
 
+def cross_entropy_mean(student_logits: torch.Tensor, labels: torch.Tensor, *, num_tokens: int, chunk: int | None = None) -> torch.Tensor:
+    """CE summed over N rows and divided by `num_tokens`: [N, V], [N] -> [] float32; `chunk` bounds memory."""
+    total = cross_entropy_sum(student_logits, labels) if chunk is None else chunked(cross_entropy_sum, student_logits, labels, chunk=chunk)
+    return total / num_tokens
+
+
 @dataclasses.dataclass(frozen=True)
 class LossParts:
     """SEED loss terms, each a per-token mean over the window: total = w * kl + (1 - w) * ce (T^2 inside kl)."""
@@ -171,10 +155,6 @@ class LossParts:
     total: torch.Tensor
     kl: torch.Tensor
     ce: torch.Tensor
-
-    def floats(self) -> dict[str, float]:
-        """The three terms as Python floats for logging (synchronises the device)."""
-        return {"loss": self.total.item(), "kl": self.kl.item(), "ce": self.ce.item()}
 
 
 def seed_loss(
@@ -211,15 +191,10 @@ def seed_loss(
             lambda s, q: divergence_sum(kind, s, q, temperature, jsd_beta), student_logits, purified_logits, chunk=chunk
         )
 
-    def cross_entropy() -> torch.Tensor:
-        if chunk is None:
-            return cross_entropy_sum(student_logits, labels)
-        return chunked(cross_entropy_sum, student_logits, labels, chunk=chunk)
-
     with torch.set_grad_enabled(torch.is_grad_enabled() and distill_weight > 0.0):
         kl = divergence() / num_tokens
     with torch.set_grad_enabled(torch.is_grad_enabled() and distill_weight < 1.0):
-        ce = cross_entropy() / num_tokens
+        ce = cross_entropy_mean(student_logits, labels, num_tokens=num_tokens, chunk=chunk)
     if distill_weight == 0.0:
         total = ce
     elif distill_weight == 1.0:
