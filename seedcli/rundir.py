@@ -90,7 +90,8 @@ class Run:
         for path in chain:
             if not (path / "adapter_config.json").is_file():
                 raise DataError(
-                    f"{self.root}: adapter missing at {path} (was the run interrupted? resume it with `seed distill --resume --out {self.root}`)."
+                    f"{self.root}: adapter missing at {path} (was the run interrupted? "
+                    f"resume it with `seed distill --resume --out {self.root}`)."
                 )
         return chain
 
@@ -229,7 +230,8 @@ def check_out(cfg: DistillConfig, out: Path) -> None:
     if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if not cfg.overwrite:
             raise ConfigError(
-                f"--out {out} already exists and is not empty; pass --overwrite to replace it, --resume to continue it, or choose another path."
+                f"--out {out} already exists and is not empty; pass --overwrite to replace it, "
+                "--resume to continue it, or choose another path."
             )
         check_free(out)
 

@@ -62,7 +62,8 @@ class DistillConfig:
     max_samples: int | None = option(None, "Train on a seeded random subset of N training records.", min=1, panel=DATA)
     resume: bool = option(
         False,
-        "Continue the run in --out from its newest checkpoint.",
+        "Continue the run in --out from its newest checkpoint, with its own config.json settings; flags typed "
+        "now may only change those that do not change results (memory, logging, checkpoints, processes).",
         panel=DATA,
         affects_result=False,
     )

@@ -190,7 +190,8 @@ def load(
     if unexpected or missing:
         names = (unexpected or missing)[:3]
         raise SeedError(
-            f"checkpoint {directory} does not match the adapter being trained ({names}); was it made with other --lora-* flags?"
+            f"checkpoint {directory} does not match the adapter being trained ({names}); "
+            "was it made with other --lora-* flags?"
         )
     try:
         optimizer.load_state_dict(_unflatten_optimizer(optimizer_tensors, state["optimizer"]))

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from seedcli.data.datadir import DataDir
+    from seedcli.models.chat import Encoded
     from seedcli.models.families import Family
     from seedcli.models.forward import Supervised
     from seedcli.models.loading import Loaded
@@ -210,7 +211,7 @@ def window_indices(ctx: Round, step: int) -> list[int]:
     return order[start : start + ctx.window][rank * ctx.per_process : (rank + 1) * ctx.per_process]
 
 
-def _encode_record(loaded: Loaded, data: DataDir, row: dict[str, Any], max_length: int) -> Any:
+def _encode_record(loaded: Loaded, data: DataDir, row: dict[str, Any], max_length: int) -> Encoded:
     """One record as model inputs; an image that cannot be used raises DataError."""
     from PIL import Image
 
@@ -585,7 +586,8 @@ def _sanity_checks(
     gap = (teacher.float() - base_logits.float()).abs().max().item()
     if gap > _tolerance(base_logits.dtype) * max(1.0, base_logits.float().abs().max().item()):
         raise SeedError(
-            f"the teacher (adapter disabled) differs from the base model by {gap:.3g}; the adapter is not cleanly separable."
+            f"the teacher (adapter disabled) differs from the base model by {gap:.3g}; "
+            "the adapter is not cleanly separable."
         )
     checks = {"teacher_base_gap": gap}
     if cfg.method == "seed":
@@ -794,7 +796,8 @@ def _check_lora_targets(cfg: DistillConfig, loaded: Loaded) -> None:
     if not any(pattern.fullmatch(name) for name, _ in loaded.model.named_modules()):
         names = ",".join(cfg.lora_targets)
         raise ConfigError(
-            f"--lora-targets {names} matches no attention projection of {cfg.model}'s language model; use names like q_proj,v_proj."
+            f"--lora-targets {names} matches no attention projection of {cfg.model}'s language model; "
+            "use names like q_proj,v_proj."
         )
 
 
@@ -855,7 +858,8 @@ def _write_start(ctx: Round) -> None:
     ctx.reporter.info(f"run directory: {out}")
     where = f"{ctx.loaded.family.name}, {document['resolved']['dtype']}, {document['resolved']['device']}"
     ctx.reporter.info(
-        f"{cfg.method} on {cfg.model} ({where}): {len(ctx.rows)} records, {ctx.total_steps} steps x {cfg.rounds} round(s), "
+        f"{cfg.method} on {cfg.model} ({where}): {len(ctx.rows)} records, "
+        f"{ctx.total_steps} steps x {cfg.rounds} round(s), "
         f"global batch {ctx.window}"
     )
 

@@ -142,10 +142,13 @@ def chunked(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, chunk: int,
     return total
 
 
-def cross_entropy_mean(student_logits: torch.Tensor, labels: torch.Tensor, *, num_tokens: int, chunk: int | None = None) -> torch.Tensor:
+def cross_entropy_mean(
+    student_logits: torch.Tensor, labels: torch.Tensor, *, num_tokens: int, chunk: int | None = None
+) -> torch.Tensor:
     """CE summed over N rows and divided by `num_tokens`: [N, V], [N] -> [] float32; `chunk` bounds memory."""
-    total = cross_entropy_sum(student_logits, labels) if chunk is None else chunked(cross_entropy_sum, student_logits, labels, chunk=chunk)
-    return total / num_tokens
+    if chunk is None:
+        return cross_entropy_sum(student_logits, labels) / num_tokens
+    return chunked(cross_entropy_sum, student_logits, labels, chunk=chunk) / num_tokens
 
 
 @dataclasses.dataclass(frozen=True)

@@ -238,7 +238,6 @@ def test_non_finite_losses_skip_steps_then_stop_after_saving(data_dir: Path, tmp
 
     monkeypatch.setattr(engine.losses, "seed_loss", poisoned)
     run = tmp_path / "r"
-    before = None
     with pytest.raises(SeedError, match="non-finite"):
         engine.distill(config(data_dir, run, max_steps=5, max_nonfinite=2), NullReporter())
     saved = engine.checkpoint.newest(run / "checkpoints")
@@ -247,7 +246,8 @@ def test_non_finite_losses_skip_steps_then_stop_after_saving(data_dir: Path, tmp
     assert state["counters"]["skipped_steps"] == 2
     weights = load_file(str(saved / "adapter" / "adapter_model.safetensors"))
     assert all(v.abs().sum() == 0 for k, v in weights.items() if "lora_B" in k), "skipped steps must not update the adapter"
-    assert before is None and not (run / "summary.json").exists()
+    assert state["position"] == {"round": 1, "step": 1}, "saved before the second bad step: the last good state"
+    assert not (run / "summary.json").exists()
 
 
 def test_two_rounds_of_self_evolution(data_dir: Path, tmp_path: Path) -> None:

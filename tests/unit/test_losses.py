@@ -16,8 +16,8 @@ from seedcli.core.losses import (
     generalized_jsd_sum,
     reverse_kl_sum,
     seed_loss,
-    supervised_rows,
 )
+from seedcli.models.forward import supervised
 
 KINDS = ("reverse_kl", "forward_kl", "jsd")
 
@@ -158,17 +158,17 @@ def test_cross_entropy_matches_reference() -> None:
         cross_entropy_sum(logits, torch.tensor([0, 6, 2, -100, 4]))
 
 
-def test_supervised_rows_shift_and_sample_index() -> None:
+def test_supervised_selects_shifted_rows_and_sample_index() -> None:
+    """The selector training uses: position t's logits predict label t + 1; ignored labels drop out."""
     logits = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
     labels = torch.tensor([[-100, -100, 1, 2], [-100, 0, -100, 1]])
-    rows, targets, sample_index = supervised_rows(logits, labels)
+    sup = supervised(labels)
+    rows = logits[:, :-1][sup.mask]
     # Shifted: position t predicts label t + 1 -> (b0, t1), (b0, t2), (b1, t0), (b1, t2).
     torch.testing.assert_close(rows, torch.stack([logits[0, 1], logits[0, 2], logits[1, 0], logits[1, 2]]))
-    assert targets.tolist() == [1, 2, 0, 1]
-    assert sample_index.tolist() == [0, 0, 1, 1]
-    unshifted_rows, unshifted_targets, _ = supervised_rows(logits, labels, shift=False)
-    torch.testing.assert_close(unshifted_rows, torch.stack([logits[0, 2], logits[0, 3], logits[1, 1], logits[1, 3]]))
-    assert unshifted_targets.tolist() == [1, 2, 0, 1]
+    assert sup.targets.tolist() == [1, 2, 0, 1]
+    assert sup.sample_index.tolist() == [0, 0, 1, 1]
+    assert sup.count == 4 and sup.mask.shape == (2, 3)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -182,8 +182,8 @@ def test_excluded_tokens_do_not_matter(kind: str) -> None:
     big_labels = torch.full((2, 6), -100)
     for i, (b, t) in enumerate(positions):
         big_student[b, t], big_target[b, t], big_labels[b, t + 1] = student[i], target[i], labels[i]
-    s_rows, labels_rows, _ = supervised_rows(big_student, big_labels)
-    t_rows, _, _ = supervised_rows(big_target, big_labels)
+    sup = supervised(big_labels)
+    s_rows, t_rows, labels_rows = big_student[:, :-1][sup.mask], big_target[:, :-1][sup.mask], sup.targets
     direct = seed_loss(student, target, labels, temperature=2.0, distill_weight=0.7, kind=kind, num_tokens=n)
     selected = seed_loss(s_rows, t_rows, labels_rows, temperature=2.0, distill_weight=0.7, kind=kind, num_tokens=n)
     assert torch.isfinite(selected.total)
