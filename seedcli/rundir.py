@@ -242,13 +242,23 @@ def create(out: Path, *, overwrite: bool) -> Lock:
     lock = Lock(out)
     if overwrite:
         for entry in out.iterdir():
-            if entry.name != LOCK:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     return lock
 
 
+def has_progress(out: Path) -> bool:
+    """Whether a run has something to show: a metrics line or a complete checkpoint."""
+    metrics = out / METRICS
+    return (metrics.is_file() and metrics.stat().st_size > 0) or any((out / CHECKPOINTS).glob("step-*/state.json"))
+
+
 def discard(out: Path, lock: Lock) -> None:
-    """Remove a new run directory whose start failed before its first checkpoint."""
+    """Remove a new run directory whose start failed (before any metrics line or checkpoint)."""
     shutil.rmtree(out, ignore_errors=True)
     lock.release()
 

@@ -107,6 +107,14 @@ class DistillConfig:
         panel=TRAIN,
         affects_result=False,
     )
+    num_workers: int | None = option(
+        None,
+        "Processes that encode micro-batches ahead of the step (0: in the training process); "
+        "default: a share of the cores, at most 4 per training process. Results do not depend on it.",
+        min=0,
+        panel=TRAIN,
+        affects_result=False,
+    )
     rounds: int = option(1, "Self-evolution rounds: after each, the adapter is merged into the teacher and a fresh one is trained.", min=1, panel=TRAIN)
     log_every: int = option(10, "Log metrics every N optimizer steps.", min=1, panel=TRAIN, affects_result=False)
     save_every: int = option(

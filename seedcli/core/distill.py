@@ -17,6 +17,7 @@ lives in seedcli.rundir, the cross-process operations behind the `Collective` pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -36,7 +37,7 @@ import torch
 from seedcli import atomic, rundir
 from seedcli.config.base import to_dict
 from seedcli.config.distill import DistillConfig
-from seedcli.core import checkpoint, losses, noise, purify, teacher_cache
+from seedcli.core import checkpoint, feed, losses, noise, purify, teacher_cache
 from seedcli.core.collective import Collective, LocalCollective
 from seedcli.errors import ConfigError, DataError, Interrupted, SeedError
 from seedcli.reporting import Reporter, Task
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Interrupted",
+    "Step",
     "TrainState",
     "distill",
     "noise_alpha",
@@ -111,6 +113,13 @@ class Round:
         """Samples per optimizer step over all processes (the global batch)."""
         return self.per_process * self.collective.world
 
+    @property
+    def plan(self) -> feed.Plan:
+        """Which records each step gives this process."""
+        world, rank = self.collective.world, self.collective.rank
+        per_epoch, size = self.steps_per_epoch, self.cfg.batch_size
+        return feed.Plan(self.cfg.seed, self.index, len(self.rows), per_epoch, self.per_process, world, rank, size)
+
 
 @dataclass
 class Window:
@@ -126,10 +135,27 @@ class Window:
     tokens: int = 0
     samples: int = 0
     seconds: float = 0.0
+    data_wait: float = 0.0  # of `seconds`, spent waiting for the data pipeline
 
     def mean(self, name: str) -> float:
         """The per-update mean of a summed quantity."""
         return float(getattr(self, name)) / max(self.steps, 1)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one optimizer step reports to the metrics: loss terms over all processes and what it cost."""
+
+    loss: float
+    kl: float
+    ce: float
+    grad_norm: float | None  # None: the update was skipped (non-finite)
+    beta: float  # mean over the window (SEED)
+    conf: float
+    tokens: int
+    samples: int
+    seconds: float
+    data_wait: float
 
 
 @dataclass
@@ -142,6 +168,20 @@ class TrainState:
     kl_sum: float = 0.0
     kl_steps: int = 0
     window: Window = field(default_factory=Window)
+
+    def record(self, step: Step, seed: bool) -> None:
+        """Add a step to the metrics window: its tokens, samples and time always, its values if it updated."""
+        w = self.window
+        w.tokens, w.samples = w.tokens + step.tokens, w.samples + step.samples
+        w.seconds, w.data_wait = w.seconds + step.seconds, w.data_wait + step.data_wait
+        if step.grad_norm is None:
+            return
+        w.steps += 1
+        w.loss, w.kl, w.ce = w.loss + step.loss, w.kl + step.kl, w.ce + step.ce
+        w.grad_norm, w.beta, w.conf = w.grad_norm + step.grad_norm, w.beta + step.beta, w.conf + step.conf
+        if seed:
+            self.kl_sum += step.kl
+            self.kl_steps += 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the `counters` entry of a checkpoint's state.json)."""
@@ -156,7 +196,7 @@ class TrainState:
 
 @dataclass(frozen=True)
 class _Micro:
-    """One encoded micro-batch on the device."""
+    """One encoded micro-batch (on the CPU when encoded, then moved to the device by `to`)."""
 
     inputs: dict[str, torch.Tensor]
     noisy_pixels: torch.Tensor | None
@@ -164,6 +204,19 @@ class _Micro:
     samples: int
     indices: tuple[int, ...] = ()  # positions in the training records of the encoded samples, in batch order
     record_ids: tuple[str, ...] = ()
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> _Micro:
+        """On `device`, pixels in the model's `dtype`."""
+        inputs = {k: v.to(device, dtype) if k == PIXELS else v.to(device) for k, v in self.inputs.items()}
+        noisy = self.noisy_pixels.to(device, dtype) if self.noisy_pixels is not None else None
+        sup = replace(self.sup, **{k: getattr(self.sup, k).to(device) for k in ("mask", "targets", "sample_index")})
+        return replace(self, inputs=inputs, noisy_pixels=noisy, sup=sup)
+
+    def pin_memory(self) -> _Micro:
+        """Page-locked copy (asynchronous copies to a GPU)."""
+        inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
+        noisy = self.noisy_pixels.pin_memory() if self.noisy_pixels is not None else None
+        return replace(self, inputs=inputs, noisy_pixels=noisy)
 
 
 @dataclass
@@ -199,16 +252,6 @@ def _step_seed(cfg: DistillConfig, round_index: int, step: int, rank: int) -> in
     # Dropout draws from the global generator. Seeding it per (step, rank) makes it a function of the
     # position, so no per-rank generator state needs a checkpoint and resuming is deterministic.
     return torch_seed("dropout", cfg.seed, round_index, step, rank)
-
-
-def window_indices(ctx: Round, step: int) -> list[int]:
-    """This process's share of the records of optimizer step `step` (epoch order reshuffled per epoch)."""
-    epoch = step // ctx.steps_per_epoch
-    shuffle = torch.Generator().manual_seed(ctx.cfg.seed + 1000 * ctx.index + epoch)
-    order = torch.randperm(len(ctx.rows), generator=shuffle).tolist()
-    start = (step % ctx.steps_per_epoch) * ctx.window
-    rank = ctx.collective.rank
-    return order[start : start + ctx.window][rank * ctx.per_process : (rank + 1) * ctx.per_process]
 
 
 def _encode_record(loaded: Loaded, data: DataDir, row: dict[str, Any], max_length: int) -> Encoded:
@@ -263,10 +306,9 @@ def _encode_micro(
     tokenizer = loaded.processor.tokenizer
     pad_id = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     batch = collate(clean, pad_id=pad_id)
-    sup = supervised(batch["labels"].to(loaded.device))
-    inputs = {k: v.to(loaded.device) for k, v in model_inputs(batch).items()}
-    inputs[PIXELS] = inputs[PIXELS].to(loaded.dtype)
-    noisy_pixels = collate(noisy, pad_id=pad_id)[PIXELS].to(loaded.device, loaded.dtype) if noisy else None
+    sup = supervised(batch["labels"])
+    inputs = model_inputs(batch)
+    noisy_pixels = collate(noisy, pad_id=pad_id)[PIXELS] if noisy else None
     ids = tuple(str(rows[i]["id"]) for i in kept)
     return _Micro(
         inputs=inputs, noisy_pixels=noisy_pixels, sup=sup, samples=len(clean), indices=tuple(kept), record_ids=ids
@@ -274,15 +316,30 @@ def _encode_micro(
 
 
 def _encode(ctx: Round, indices: list[int], step: int) -> _Micro | None:
-    return _encode_micro(ctx.loaded, ctx.data, ctx.rows, indices, ctx.cfg, ctx.index, step, ctx.alpha, ctx.reporter)
+    """Encode records `indices` in this process, onto the device."""
+    micro = _encode_micro(ctx.loaded, ctx.data, ctx.rows, indices, ctx.cfg, ctx.index, step, ctx.alpha, ctx.reporter)
+    return micro.to(ctx.loaded.device, ctx.loaded.dtype) if micro is not None else None
 
 
-def _encode_window(ctx: Round, step: int, state: TrainState) -> tuple[list[_Micro], int]:
-    """The window's micro-batches on this process and the supervised tokens of the whole window."""
+def _stream(ctx: Round, start: int) -> Iterator[list[feed.Fed]]:
+    """The micro-batches of every step from `start` on, encoded ahead by --num-workers processes."""
+    light = replace(ctx.loaded, model=None)  # workers need the processor, never the model
+    inputs = (light, ctx.data, ctx.rows, ctx.cfg, ctx.alpha)
+    dataset = feed.MicroBatches(_encode_micro, ctx.plan, start, ctx.total_steps, inputs)
+    workers = ctx.cfg.num_workers if ctx.cfg.num_workers is not None else feed.default_workers(ctx.collective.world)
+    return feed.steps(dataset, workers=workers, pin=ctx.loaded.device.type == "cuda")
+
+
+def _take_window(ctx: Round, step: int, fed: list[feed.Fed], state: TrainState) -> tuple[list[_Micro], int]:
+    """The step's micro-batches on the device and the supervised tokens of the whole window."""
     cfg = ctx.cfg
-    indices = window_indices(ctx, step)
-    encoded = [_encode(ctx, indices[i : i + cfg.batch_size], step) for i in range(0, len(indices), cfg.batch_size)]
-    micros = [m for m in encoded if m is not None]
+    for item in fed:
+        for message in item.warnings:
+            ctx.reporter.warn(message)
+        if item.error is not None:
+            raise item.error
+    assert all(item.step == step for item in fed), "the data pipeline is out of step"
+    micros = [item.micro.to(ctx.loaded.device, ctx.loaded.dtype) for item in fed if item.micro is not None]
     # FSDP all-gathers inside every forward: a rank with fewer forwards would hang the others.
     sharded = cfg.strategy == "fsdp" and ctx.collective.backend is not None
     if sharded and ctx.collective.any_flag(len(micros) < cfg.grad_accum):
@@ -290,7 +347,7 @@ def _encode_window(ctx: Round, step: int, state: TrainState) -> tuple[list[_Micr
             f"step {step + 1}: a whole micro-batch could not be encoded on some process (see the warnings); "
             "--strategy fsdp needs the same forwards on every process: fix or remove those records."
         )
-    state.skipped_samples += ctx.collective.sum_int(len(indices) - sum(m.samples for m in micros))
+    state.skipped_samples += ctx.collective.sum_int(ctx.per_process - sum(m.samples for m in micros))
     num_tokens = ctx.collective.sum_int(sum(m.sup.count for m in micros))
     if num_tokens == 0:
         raise DataError(
@@ -301,7 +358,7 @@ def _encode_window(ctx: Round, step: int, state: TrainState) -> tuple[list[_Micr
 
 def _probe(ctx: Round) -> _Micro:
     """The first micro-batch of the round (for the sanity checks); an unusable one stops the start."""
-    probe = _encode(ctx, window_indices(ctx, 0)[: ctx.cfg.batch_size], 0)
+    probe = _encode(ctx, ctx.plan.micro(0, 0), 0)
     if ctx.collective.any_flag(probe is None):
         raise DataError("the first batch could not be encoded (see the warnings above).")
     assert probe is not None
@@ -484,26 +541,14 @@ def metrics_line(ctx: Round, state: TrainState, done: int, lr: float) -> dict[st
         "grad_norm": w.mean("grad_norm"),
         "tokens": w.tokens,
         "samples_per_s": w.samples / max(w.seconds, 1e-9),
+        "data_wait_share": w.data_wait / max(w.seconds, 1e-9),
         "skipped_steps": state.skipped_steps,
         "skipped_samples": state.skipped_samples,
     }
 
 
-def _record_step(
-    ctx: Round, state: TrainState, values: tuple[float, float, float], grad_norm: float | None, seconds: float
-) -> None:
-    """Add a step to the metrics window: every step's tokens and samples, an applied update's values."""
-    w = state.window
-    w.seconds += seconds
-    w.samples += ctx.window
-    if grad_norm is None:
-        return
-    loss, kl, ce = values
-    w.steps += 1
-    w.loss, w.kl, w.ce, w.grad_norm = w.loss + loss, w.kl + kl, w.ce + ce, w.grad_norm + grad_norm
-    if ctx.cfg.method == "seed":
-        state.kl_sum += kl
-        state.kl_steps += 1
+def _mean(values: torch.Tensor) -> float:
+    return float(values.mean()) if values.numel() else 0.0
 
 
 # --- one round ---------------------------------------------------------------------------------------------------
@@ -675,31 +720,32 @@ def _train_round(ctx: Round, base: PreTrainedModel, resume_from: Path | None) ->
         cache = teacher_cache.TeacherCache(ctx.out / rundir.TEACHER_CACHE, cfg.teacher_cache_k, cfg.teacher_cache)
     last: dict[str, Any] = {}
     title = f"round {ctx.index}/{cfg.rounds}" if cfg.rounds > 1 else cfg.method
-    with _stop_signals() as stop, ctx.reporter.task(title, total=ctx.total_steps, unit="step") as task:
+    task_cm = ctx.reporter.task(title, total=ctx.total_steps, unit="step")
+    with _stop_signals() as stop, task_cm as task, contextlib.closing(_stream(ctx, start)) as stream:
         if start:
             task.advance(start)
         for step in range(start, ctx.total_steps):
             began = time.monotonic()
+            fed = next(stream)
+            waited = time.monotonic() - began
             learner.model.train()
             torch.manual_seed(_step_seed(cfg, ctx.index, step, collective.rank))
-            micros, num_tokens = _encode_window(ctx, step, state)
-            state.window.tokens += num_tokens
+            micros, num_tokens = _take_window(ctx, step, fed, state)
 
             targets, conf, betas = purified_targets(ctx, learner.model, micros, history, cache)
             values = student_backward(ctx, learner.model, micros, targets, num_tokens)
 
             grad_norm = apply_update(ctx, learner, state, step, values[0])
-            if grad_norm is not None:
-                state.window.beta += float(betas.mean()) if betas.numel() else 0.0
-                state.window.conf += float(conf.mean()) if conf.numel() else 0.0
-            elif state.bad_in_a_row >= cfg.max_nonfinite:
+            if grad_norm is None and state.bad_in_a_row >= cfg.max_nonfinite:
                 _save(ctx, learner, state, history, step)
                 raise SeedError(
                     f"{state.bad_in_a_row} steps in a row had a non-finite loss; stopped after saving the last good "
                     "state (lower --lr, use --dtype fp32 or bf16 instead of fp16/4-bit)."
                 )
             _advance_schedule(learner)
-            _record_step(ctx, state, values, grad_norm, time.monotonic() - began)
+            seconds = time.monotonic() - began
+            stats = Step(*values, grad_norm, _mean(betas), _mean(conf), num_tokens, ctx.window, seconds, waited)
+            state.record(stats, seed=cfg.method == "seed")
 
             done = step + 1
             last = _log(ctx, state, task, done, learner.scheduler.get_last_lr()[0], values) or last
@@ -891,8 +937,8 @@ def _distill(
                 _write_start(ctx)
             return _rounds(ctx)
         except BaseException:
-            if lock is not None and not cfg.resume and checkpoint.newest(out / rundir.CHECKPOINTS) is None:
-                rundir.discard(out, lock)  # a new run that never saved a checkpoint leaves nothing
+            if lock is not None and not cfg.resume and not rundir.has_progress(out):
+                rundir.discard(out, lock)  # a failed start leaves nothing; a run that logged steps stays
             raise
     finally:
         if lock is not None:

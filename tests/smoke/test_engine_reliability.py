@@ -52,12 +52,21 @@ KILLER = textwrap.dedent(
         real = safetensors.torch.save_file
         def dying(tensors, path, *args, **kwargs):
             staged = os.path.basename(os.path.dirname(path))
-            if path.endswith("optimizer.safetensors") and staged.startswith(f".{checkpoint.name(*at, cfg.rounds)}."):
+            name = f"step-{at[1]}" if cfg.rounds == 1 else f"step-{at[0]}-{at[1]}"
+            if path.endswith("optimizer.safetensors") and staged.startswith(f".{name}."):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(tensors, path, *args, **kwargs)
         safetensors.torch.save_file = dying
     engine.distill(cfg, Killer())
     """
+)
+
+
+# Another process that holds a run directory's lock the way seed does: flock on RUN/.lock, its PID inside.
+HOLDER = (
+    "import fcntl, os, sys, time; fd = os.open(os.path.join(sys.argv[1], '.lock'), os.O_RDWR | os.O_CREAT); "
+    "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('held', flush=True); "
+    "time.sleep(600)"
 )
 
 
@@ -153,7 +162,9 @@ def test_two_round_run_interrupted_anywhere_resumes_to_the_same_adapters(data_di
     with pytest.raises(Interrupted):
         engine.distill(broken, _InterruptAt(at))
     newest = checkpoint.newest(tmp_path / "broken" / "checkpoints")
-    assert newest is not None and checkpoint.position(newest) == at, "the checkpoint saved on SIGINT must be the newest"
+    assert newest is not None and newest.name == "step-{}-{}".format(*at), (
+        "the checkpoint saved on SIGINT must be newest"
+    )
     engine.distill(replace(broken, resume=True), NullReporter())
     same_metrics(tmp_path / "broken", tmp_path / "straight")
     for r in (1, 2):
@@ -200,7 +211,7 @@ def test_a_second_process_cannot_resume_a_live_run(data_dir: Path, tmp_path: Pat
         [
             sys.executable,
             "-c",
-            "import sys, time; from seedcli.rundir import Lock; Lock(sys.argv[1]); print('held', flush=True); time.sleep(600)",
+            HOLDER,
             cfg.out,
         ],
         stdout=subprocess.PIPE,
@@ -249,11 +260,11 @@ def test_a_start_that_cannot_work_fails_cleanly_and_leaves_nothing(
     assert not run.exists()
 
 
-def test_a_failure_before_the_first_checkpoint_removes_the_new_run(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_failure_in_the_first_step_removes_the_new_run(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise DataError("injected")
 
-    monkeypatch.setattr(engine, "student_backward", broken)
+    monkeypatch.setattr(engine.losses, "seed_loss", broken)
     with pytest.raises(DataError, match="injected"):
         engine.distill(config(data_dir, tmp_path / "r"), NullReporter())
     assert not (tmp_path / "r").exists()
@@ -418,7 +429,7 @@ def test_a_second_evaluation_on_a_live_out_is_refused(cli, tmp_path: Path) -> No
         [
             sys.executable,
             "-c",
-            "import sys, time; from seedcli.rundir import Lock; Lock(sys.argv[1]); print('held', flush=True); time.sleep(600)",
+            HOLDER,
             str(out),
         ],
         stdout=subprocess.PIPE,
@@ -433,3 +444,43 @@ def test_a_second_evaluation_on_a_live_out_is_refused(cli, tmp_path: Path) -> No
         holder.wait()
     assert code == 2 and f"pid {holder.pid}" in err and "Traceback" not in err
     assert cli(args)[0] == 0
+
+
+# --- the background data pipeline ---------------------------------------------------------------------------------
+
+
+def test_encoding_workers_give_the_synchronous_adapter_bit_for_bit_and_resume_exactly(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    sync = config(data_dir, tmp_path / "sync", max_steps=4, num_workers=0, lora_dropout=0.1, save_every=100)
+    engine.distill(sync, NullReporter())
+    workers = replace(sync, out=str(tmp_path / "workers"), num_workers=2)
+    engine.distill(workers, NullReporter())
+    same_metrics(tmp_path / "workers", tmp_path / "sync")
+    same_adapter(tmp_path / "workers", tmp_path / "sync")
+    assert all(0.0 <= r["data_wait_share"] <= 1.0 for r in metrics(tmp_path / "workers"))
+    broken = replace(workers, out=str(tmp_path / "broken"))
+    with pytest.raises(Interrupted):
+        engine.distill(broken, _InterruptAt((1, 2)))
+    engine.distill(
+        replace(broken, resume=True, num_workers=1), NullReporter(), given=frozenset({"resume", "num_workers"})
+    )
+    same_metrics(tmp_path / "broken", tmp_path / "sync")
+    same_adapter(tmp_path / "broken", tmp_path / "sync")
+
+
+def test_an_error_in_an_encoding_worker_reaches_the_training_process_unchanged(
+    data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    encode = engine._encode_micro
+
+    def failing(*args, **kwargs):
+        if args[6] == 1:  # the second optimizer step, encoded in a worker
+            raise DataError("injected failure at step 2")
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_encode_micro", failing)
+    with pytest.raises(DataError) as caught:
+        engine.distill(config(data_dir, tmp_path / "r", max_steps=3, num_workers=1), NullReporter())
+    assert str(caught.value) == "injected failure at step 2"
+    assert [r["step"] for r in metrics(tmp_path / "r")] == [1], "a run that logged steps is kept"
