@@ -11,8 +11,9 @@ Per optimizer step (a window of batch_size x grad_accum samples on each process)
    by the supervised tokens of the whole window; backward per micro-batch; clip; AdamW step.
 
 Steps 1-3 are `purified_targets`, step 4 is `student_backward`; the loop in `_train_round` holds
-everything else (update policy, metrics, checkpoints, signals). The run directory's life cycle
-lives in seedcli.rundir, the cross-process operations behind the `Collective` protocol.
+everything else (update policy, metrics, checkpoints, signals). Micro-batches arrive encoded from
+the data pipeline (seedcli.core.feed), the run directory's life cycle lives in seedcli.rundir, and
+cross-process operations sit behind the `Collective` protocol (seedcli.core.collective).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -554,7 +554,7 @@ def _mean(values: torch.Tensor) -> float:
 # --- one round ---------------------------------------------------------------------------------------------------
 
 
-@contextmanager
+@contextlib.contextmanager
 def _stop_signals() -> Iterator[dict[str, bool]]:
     """Turn SIGINT/SIGTERM into a flag checked after each step (so a checkpoint can be saved)."""
     flag = {"stop": False}

@@ -317,7 +317,7 @@ def _with_bad_images(root: Path, kind: str) -> Path:
 
     data = write_train_data(root)
     for name in ("3.png", "6.png"):
-        size = (6, 600) if kind == "aspect" else (300, 300)
+        size = (3, 1000) if kind == "aspect" else (300, 300)  # 333:1, beyond Qwen2-VL's limit of 200:1
         Image.new("RGB", size, (90, 90, 90)).save(data / "images" / name)
     return data
 
