@@ -91,7 +91,10 @@ def test_a_held_lock_names_its_pid_and_a_released_one_is_free(tmp_path: Path) ->
     import subprocess
     import sys
 
-    code = "import sys, time; from seedcli.rundir import Lock; Lock(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+    code = (
+        "import sys, time; from seedcli.rundir import Lock; Lock(sys.argv[1]); print('held', flush=True); "
+        "time.sleep(60)"
+    )
     root = str(Path(__file__).resolve().parents[2])
     holder = subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path)],
@@ -134,3 +137,13 @@ def test_truncating_metrics_also_drops_a_torn_last_line(tmp_path: Path) -> None:
     assert path.read_text() == '{"round": 1, "step": 1}\n{"round": 1, "step": 2}\n'
     rundir.truncate_metrics(tmp_path, 1, 0)
     assert path.read_text() == ""
+
+
+def test_a_damaged_adapter_is_named_as_corrupt(tmp_path: Path) -> None:
+    from seedcli.errors import DataError
+
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(b"\x08")
+    with pytest.raises(DataError, match="corrupt") as caught:
+        rundir.check_adapter(tmp_path)
+    assert str(weights) in str(caught.value)
