@@ -26,16 +26,22 @@ def distill(cfg: DistillConfig, as_json: bool) -> None:
     from seedcli.core.distill import distill as run
     from seedcli.rundir import default_out
 
-    processes = cfg.gpus or cfg.nproc or 1
     given = given_fields()
+    if cfg.resume and cfg.out and not distributed.under_launcher():
+        cfg, given = _saved_processes(cfg, given)
+    processes = cfg.gpus or cfg.nproc or 1
     if (processes > 1 or cfg.nnodes > 1) and not distributed.under_launcher():
         distributed.check_gpus(cfg.gpus)
         # Every worker must agree on the run directory, so the timestamped default is fixed here.
         fixed = cfg if cfg.out or cfg.resume else dataclasses.replace(cfg, out=str(default_out(cfg.model, cfg.method)))
         argv = config_argv("distill", fixed, as_json=as_json, given=given)  # workers see the same explicit flags
         distributed.relaunch_cli(
-            argv, nproc=processes, nnodes=cfg.nnodes, node_rank=cfg.node_rank,
-            master_addr=cfg.master_addr, master_port=cfg.master_port,
+            argv,
+            nproc=processes,
+            nnodes=cfg.nnodes,
+            node_rank=cfg.node_rank,
+            master_addr=cfg.master_addr,
+            master_port=cfg.master_port,
         )
         return
     # Which flags were typed matters only on --resume: they override the run's config.json.
@@ -51,3 +57,20 @@ def distill(cfg: DistillConfig, as_json: bool) -> None:
         print(json.dumps(summary, indent=2))
     else:
         print(summary["run_dir"])
+
+
+def _saved_processes(cfg: DistillConfig, given: frozenset[str]) -> tuple[DistillConfig, frozenset[str]]:
+    """A plain --resume runs on as many processes as the run did (--gpus/--nproc given now win)."""
+    from pathlib import Path
+
+    from seedcli.rundir import CONFIG
+
+    path = Path(cfg.out or "") / CONFIG
+    if given & {"gpus", "nproc"} or not path.is_file():
+        return cfg, given
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+    except (ValueError, KeyError, TypeError):
+        return cfg, given  # the engine names a damaged config.json
+    counts = {k: saved.get(k) for k in ("gpus", "nproc") if isinstance(saved.get(k), int)}
+    return (dataclasses.replace(cfg, **counts), given | set(counts)) if counts else (cfg, given)

@@ -484,3 +484,19 @@ def test_an_error_in_an_encoding_worker_reaches_the_training_process_unchanged(
         engine.distill(config(data_dir, tmp_path / "r", max_steps=3, num_workers=1), NullReporter())
     assert str(caught.value) == "injected failure at step 2"
     assert [r["step"] for r in metrics(tmp_path / "r")] == [1], "a run that logged steps is kept"
+
+
+def test_plain_resume_relaunches_as_many_processes_as_the_run_had(tmp_path: Path, cli, monkeypatch) -> None:
+    from seedcli import distributed
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"nproc": 2, "device": "cpu"}}))
+    seen = {}
+    monkeypatch.setattr(distributed, "relaunch_cli", lambda argv, **kwargs: seen.update(argv=argv, **kwargs))
+    code, _, err = cli(["distill", "--out", str(run), "--resume"])
+    assert code == 0, err
+    assert seen["nproc"] == 2 and seen["argv"][seen["argv"].index("--nproc") + 1] == "2"
+    seen.clear()
+    cli(["distill", "--out", str(run), "--resume", "--nproc", "1"])  # a flag typed now wins: one process
+    assert seen == {}
