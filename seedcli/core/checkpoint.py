@@ -13,7 +13,6 @@ the name's text: `step-2-10` comes after `step-2-9`.
 
 from __future__ import annotations
 
-import errno
 import json
 import random
 import re
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from seedcli import atomic
-from seedcli.errors import DataError, SeedError
+from seedcli.errors import DataError, SeedError, StorageError, storage_error
 from seedcli.rundir import safetensors_problem
 
 if TYPE_CHECKING:
@@ -89,7 +88,8 @@ def save(
 ) -> Path:
     """Write a complete checkpoint into `directory` (staged, then renamed into place).
 
-    A full disk is reported as such; the staging is removed and older checkpoints stay intact.
+    A full disk (or another refusal of the file system) is a StorageError; the staging is removed and
+    older checkpoints stay intact.
     """
     from safetensors.torch import save_file
 
@@ -113,12 +113,15 @@ def save(
                 "counters": counters,
             }
             atomic.write_json(tmp / STATE, document)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+    except Exception as exc:
+        problem = storage_error(exc)  # disk full, quota, read-only: also as text from safetensors' Rust code
+        if problem is None:
             raise
         kept = newest(directory.parent)
         last = f"the last good checkpoint {kept.name} is kept" if kept else "no earlier checkpoint exists"
-        raise SeedError(f"disk full while saving checkpoint {directory}; {last}. Free space, then --resume.") from None
+        raise StorageError(
+            f"saving checkpoint {directory}: {str(problem).rstrip('.')}; {last}; then --resume."
+        ) from None
     return directory
 
 

@@ -20,7 +20,7 @@ from seedcli import rundir
 from seedcli.config.distill import DistillConfig
 from seedcli.core import checkpoint
 from seedcli.core import distill as engine
-from seedcli.errors import ConfigError, DataError, Interrupted, SeedError
+from seedcli.errors import ConfigError, DataError, Interrupted, StorageError
 from seedcli.reporting import NullReporter
 from tests.smoke.test_distill import adapter_tensors, config, metrics, write_train_data
 
@@ -304,7 +304,7 @@ def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(data_dir: Path, 
         return real(tensors, path, *args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", filling)
-    with pytest.raises(SeedError, match="disk full") as caught:
+    with pytest.raises(StorageError, match="disk full") as caught:
         engine.distill(cfg, NullReporter())
     assert "step-1 is kept" in str(caught.value)
     checkpoints = tmp_path / "r" / "checkpoints"
