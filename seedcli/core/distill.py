@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from seedcli import atomic, rundir
+from seedcli import atomic, rundir, trackers
 from seedcli.config.base import to_dict
 from seedcli.config.distill import DistillConfig
 from seedcli.core import checkpoint, feed, losses, noise, purify, teacher_cache
@@ -102,6 +102,7 @@ class Round:
     alpha: float
     collective: Collective
     reporter: Reporter
+    tracker: trackers.Trackers | None = None  # experiment trackers fed with every metrics line
 
     @property
     def per_process(self) -> int:
@@ -706,6 +707,7 @@ def _log(
     line = metrics_line(ctx, state, done, lr)
     if ctx.collective.is_main:
         atomic.append_jsonl(ctx.out / rundir.METRICS, line)
+        trackers.log_metrics(ctx.tracker, ctx.out, line)
         ctx.reporter.log(line)
     state.window = Window()
     return line
@@ -768,17 +770,22 @@ def _train_round(ctx: Round, base: PreTrainedModel, resume_from: Path | None) ->
 
 
 def distill(
-    cfg: DistillConfig, reporter: Reporter, *, collective: Collective | None = None, given: frozenset[str] | None = None
+    cfg: DistillConfig,
+    reporter: Reporter,
+    *,
+    collective: Collective | None = None,
+    given: frozenset[str] | None = None,
+    tracker: trackers.Trackers | None = None,
 ) -> dict[str, Any]:
     """Run SEED (or the SFT baseline) and write the run directory; returns summary.json's content.
 
     Without `collective`, joins the process group the launcher's environment describes (see
     seedcli.distributed) and leaves it at the end. `given` names the config fields the user set
     explicitly (the CLI's parser knows); with --resume only those override config.json. None
-    counts every field that differs from its default as given.
+    counts every field that differs from its default as given. `tracker` receives every metrics line.
     """
     if collective is not None:
-        return _distill(cfg, reporter, collective, given)
+        return _distill(cfg, reporter, collective, given, tracker)
     from seedcli import distributed
     from seedcli.models.loading import resolve_device
 
@@ -792,7 +799,8 @@ def distill(
         force=cfg.strategy == "fsdp",
     )
     try:
-        return _distill(cfg, reporter, joined or LocalCollective(torch.device(resolve_device(cfg.device))), given)
+        local = LocalCollective(torch.device(resolve_device(cfg.device)))
+        return _distill(cfg, reporter, joined or local, given, tracker)
     finally:
         if joined is not None:
             distributed.shutdown()
@@ -911,7 +919,11 @@ def _write_start(ctx: Round) -> None:
 
 
 def _distill(
-    cfg: DistillConfig, reporter: Reporter, collective: Collective, given: frozenset[str] | None
+    cfg: DistillConfig,
+    reporter: Reporter,
+    collective: Collective,
+    given: frozenset[str] | None,
+    tracker: trackers.Trackers | None,
 ) -> dict[str, Any]:
     from seedcli import distributed
 
@@ -928,7 +940,7 @@ def _distill(
                 reporter.info("removed the staging of a checkpoint save that was cut short")
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        ctx = _first_round(cfg, out, collective, reporter)
+        ctx = replace(_first_round(cfg, out, collective, reporter), tracker=tracker)
         _probe(ctx)  # an unusable first batch fails here, before anything is written
         if collective.is_main and not cfg.resume:
             lock = rundir.create(out, overwrite=cfg.overwrite)
