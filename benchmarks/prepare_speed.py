@@ -1,8 +1,9 @@
 """How fast `seed prepare` converts a LLaVA-Instruct-sized file (existence checks only).
 
 Writes a synthetic llava_instruct_150k-like JSON array (150,000 multi-turn conversations over
-81,000 image ids, ids repeated like the real file, about 1.5 KB per record as in the real 230 MB file) and empty image files
-named like train2017, then times `seedcli.data.prepare.prepare` with --no-pope --no-chair and
+81,000 image ids, ids repeated like the real file, about 1.5 KB per record as in the real 230 MB
+file) and empty image files named like train2017, then times `seedcli.data.prepare.prepare`
+with --no-pope --no-chair and
 prints records per second for reading+checking and for the whole command (including writing the
 `datasets` train split).
 
@@ -25,7 +26,10 @@ from seedcli.data import instruct
 from seedcli.data.prepare import prepare
 from seedcli.reporting import NullReporter
 
-WORDS = "the a man woman dog cat table street red blue large small holding sitting standing near next to under with on of in".split()
+WORDS = (
+    "the a man woman dog cat table street red blue large small holding sitting standing near next to "
+    "under with on of in"
+).split()
 
 
 def _sentence(rng: random.Random, n_words: int) -> str:
@@ -50,7 +54,10 @@ def write_inputs(root: Path, n_records: int, n_images: int, seed: int = 0) -> tu
                 question = _sentence(rng, rng.randint(6, 16)) + "?"
                 if turn == 0:
                     question = f"<image>\n{question}" if rng.random() < 0.5 else f"{question}\n<image>"
-                turns += [{"from": "human", "value": question}, {"from": "gpt", "value": " ".join(_sentence(rng, 12) for _ in range(rng.randint(2, 8)))}]
+                turns += [
+                    {"from": "human", "value": question},
+                    {"from": "gpt", "value": " ".join(_sentence(rng, 12) for _ in range(rng.randint(2, 8)))},
+                ]
             record = {"id": f"{image_id:012d}", "image": f"{image_id:012d}.jpg", "conversations": turns}
             handle.write(("," if index else "") + "\n  " + json.dumps(record))
         handle.write("\n]\n")
@@ -62,25 +69,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=150_000)
     parser.add_argument("--images", type=int, default=81_000)
-    parser.add_argument("--workdir", type=Path, default=None, help="Keep inputs and output here (default: a temp dir, removed).")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="Keep inputs and output here (default: a temp dir, removed)."
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="seed-prepare-bench-"))
     try:
         started = time.perf_counter()
         path, images = write_inputs(workdir, args.records, args.images)
         size_mb = path.stat().st_size / 1e6
-        print(f"inputs: {args.records} records, {size_mb:.0f} MB, {args.images} image files ({time.perf_counter() - started:.1f} s to write)")
+        print(
+            f"inputs: {args.records} records, {size_mb:.0f} MB, {args.images} image files "
+            f"({time.perf_counter() - started:.1f} s to write)"
+        )
 
         started = time.perf_counter()
         scan = instruct.scan_instruct(path, images, reporter=NullReporter())
         scan_s = time.perf_counter() - started
-        print(f"read + check: {scan.read} records in {scan_s:.2f} s = {scan.read / scan_s:,.0f} records/s ({size_mb / scan_s:.0f} MB/s), kept {len(scan.records)}")
+        print(
+            f"read + check: {scan.read} records in {scan_s:.2f} s = {scan.read / scan_s:,.0f} records/s "
+            f"({size_mb / scan_s:.0f} MB/s), kept {len(scan.records)}"
+        )
 
         cfg = PrepareConfig(instruct=path, images=images, out=workdir / "out", pope=False, chair=False, overwrite=True)
         started = time.perf_counter()
         summary = prepare(cfg, NullReporter())
         total_s = time.perf_counter() - started
-        print(f"seed prepare (read, check, write train/): {summary['counts']['train']} records in {total_s:.2f} s = {summary['counts']['read'] / total_s:,.0f} records/s")
+        print(
+            f"seed prepare (read, check, write train/): {summary['counts']['train']} records in {total_s:.2f} s = "
+            f"{summary['counts']['read'] / total_s:,.0f} records/s"
+        )
         print(f"cpu: {os.cpu_count()} logical cores visible")
     finally:
         if args.workdir is None:

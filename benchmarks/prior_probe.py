@@ -88,11 +88,16 @@ def main() -> None:
                 clean = loaded.model(**batch).logits[0, -1].float()
                 noisy_draws = []
                 for _ in range(args.noise_draws):
-                    noised = {**batch, "pixel_values": add_diffusion_noise(batch["pixel_values"], args.noise_alpha, generator)}
+                    noised = {
+                        **batch,
+                        "pixel_values": add_diffusion_noise(batch["pixel_values"], args.noise_alpha, generator),
+                    }
                     noisy_draws.append(loaded.model(**noised).logits[0, -1].float())
             noisy = torch.stack(noisy_draws)
             purified = (1 + args.beta) * clean - args.beta * noisy
-            row = groups.setdefault(case, {"clean": [], "noised": [], "purified": [], "yes clean": [], "yes purified": []})
+            row = groups.setdefault(
+                case, {"clean": [], "noised": [], "purified": [], "yes clean": [], "yes purified": []}
+            )
             row["clean"].append(p_yes(clean))
             row["noised"].append(statistics.fmean(p_yes(n) for n in noisy))
             row["purified"].append(statistics.fmean(p_yes(p) for p in purified))
@@ -100,7 +105,10 @@ def main() -> None:
             row["yes clean"].append(float(p_yes(clean) > 0.5))
             row["yes purified"].append(float(statistics.fmean(p_yes(p) for p in purified) > 0.5))
 
-    summary = {case: {k: statistics.fmean(v) for k, v in row.items()} | {"n": len(row["clean"])} for case, row in groups.items()}
+    summary = {
+        case: {k: statistics.fmean(v) for k, v in row.items()} | {"n": len(row["clean"])}
+        for case, row in groups.items()
+    }
     print(f"mean P(yes) per case (a={args.noise_alpha}, beta={args.beta}, {args.noise_draws} noise draws)")
     print(f"{'case':<31} {'n':>5} {'clean':>8} {'noised':>8} {'purified':>9} {'yes% clean':>11} {'yes% purified':>14}")
     for case, row in sorted(summary.items()):

@@ -31,14 +31,19 @@ from seedcli.config.quickstart import QuickstartConfig
 from seedcli.quickstart import MODELS, quickstart
 from seedcli.reporting import PlainReporter
 
-TARGETS = {"pope_adversarial_f1": {"seed-base": 3.0, "seed-sft": 1.0}, "chair_chair_i_pct": {"seed-base": 0.0, "seed-sft": 0.0}}
+TARGETS = {
+    "pope_adversarial_f1": {"seed-base": 3.0, "seed-sft": 1.0},
+    "chair_chair_i_pct": {"seed-base": 0.0, "seed-sft": 0.0},
+}
 LOWER_IS_BETTER = ("chair_chair_i_pct", "chair_chair_s_pct")
 
 
 def _parse(argv: list[str]) -> tuple[list[int], Path, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (>= 3 for the check)")
-    parser.add_argument("--out", type=Path, default=Path("bench-science"), help="one quickstart directory per seed, plus science.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-science"), help="one quickstart directory per seed, plus science.json"
+    )
     known, rest = parser.parse_known_args(argv)
     overrides: dict[str, Any] = {}
     types = {f.name: f for f in dataclasses.fields(QuickstartConfig)}
@@ -63,7 +68,12 @@ def _parse(argv: list[str]) -> tuple[list[int], Path, dict[str, Any]]:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def summarise(tables: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -98,16 +108,40 @@ def main(argv: list[str] | None = None) -> int:
         reporter.info(f"=== seed {seed} ===")
         results = quickstart(cfg, reporter)
         tables.append(results["table"])
-        runs.append({"seed": seed, "out": results["out"], "seconds": results["seconds"], "wall_s": round(time.monotonic() - started, 1), "table": results["table"]})
+        runs.append(
+            {
+                "seed": seed,
+                "out": results["out"],
+                "seconds": results["seconds"],
+                "wall_s": round(time.monotonic() - started, 1),
+                "table": results["table"],
+            }
+        )
     summary = summarise(tables)
     checks = verdicts(summary)
     command = "python benchmarks/scientific_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    atomic.write_json(root / "science.json", {"command": command, "seeds": seeds, "config": to_dict(QuickstartConfig(out=root, **overrides)), "summary": summary, "targets": TARGETS, "verdicts": checks, "runs": runs})
+    atomic.write_json(
+        root / "science.json",
+        {
+            "command": command,
+            "seeds": seeds,
+            "config": to_dict(QuickstartConfig(out=root, **overrides)),
+            "summary": summary,
+            "targets": TARGETS,
+            "verdicts": checks,
+            "runs": runs,
+        },
+    )
 
     print(f"{command}\nseeds {seeds}; mean ± sample std over seeds (percent points)")
     print(f"{'metric':30s} " + " ".join(f"{c:>15s}" for c in (*MODELS, "seed-base", "seed-sft")))
     for metric, columns in summary.items():
-        print(f"{metric:30s} " + " ".join(f"{columns[c]['mean']:8.2f} ±{columns[c]['std']:5.2f}" for c in (*MODELS, "seed-base", "seed-sft")))
+        print(
+            f"{metric:30s} "
+            + " ".join(
+                f"{columns[c]['mean']:8.2f} ±{columns[c]['std']:5.2f}" for c in (*MODELS, "seed-base", "seed-sft")
+            )
+        )
     for name, ok in checks.items():
         print(f"target {name}: {'met' if ok else 'NOT met'}")
     return 0

@@ -62,22 +62,77 @@ SHAPES: dict[str, Shape] = {
         question_words=20,
         answer_words=120,
         image_size=336,
-        text=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, vocab_size=32064, max_position_embeddings=2048),
-        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=336, patch_size=14, projection_dim=64),
+        text=dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=32064,
+            max_position_embeddings=2048,
+        ),
+        vision=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=336,
+            patch_size=14,
+            projection_dim=64,
+        ),
     ),
     "llava-7b": Shape(
         name="llava-7b",
         question_words=20,
         answer_words=120,
         image_size=336,
-        text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5),
-        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+        text=dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32064,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+        ),
+        vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+        ),
     ),
 }
 
 
 # Real words the prompts use (POPE's question, LLaVA's suffix, the yes/no answers), then fillers.
-PROMPT_WORDS = ("yes", "no", "is", "there", "a", "an", "in", "the", "image", "answer", "question", "using", "single", "word", "or", "phrase", "user", "assistant", ".", "?", ":")
+PROMPT_WORDS = (
+    "yes",
+    "no",
+    "is",
+    "there",
+    "a",
+    "an",
+    "in",
+    "the",
+    "image",
+    "answer",
+    "question",
+    "using",
+    "single",
+    "word",
+    "or",
+    "phrase",
+    "user",
+    "assistant",
+    ".",
+    "?",
+    ":",
+)
 
 
 def _words(vocab_size: int) -> list[str]:
@@ -98,13 +153,29 @@ def build_processor(shape: Shape) -> Any:
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.add_special_tokens(list(SPECIALS))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="</s>", bos_token="<s>", extra_special_tokens={"image_token": IMAGE_TOKEN})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        bos_token="<s>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
     size = shape.image_size
     image_processor = LlavaImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=shape.vision["patch_size"], vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=shape.vision["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
 
 
-def build_model(shape: Shape, processor: Any, dtype: Any, device: str, attn_implementation: str = "sdpa", seed: int = 0) -> Any:
+def build_model(
+    shape: Shape, processor: Any, dtype: Any, device: str, attn_implementation: str = "sdpa", seed: int = 0
+) -> Any:
     """A randomly initialised LlavaForConditionalGeneration of the shape, created directly on `device` in `dtype`."""
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -112,7 +183,13 @@ def build_model(shape: Shape, processor: Any, dtype: Any, device: str, attn_impl
     tok = processor.tokenizer
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**shape.vision),
-        text_config=LlamaConfig(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False, **shape.text),
+        text_config=LlamaConfig(
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+            **shape.text,
+        ),
         image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_select_strategy="default",
         vision_feature_layer=shape.vision_feature_layer,
@@ -141,7 +218,15 @@ def loaded(shape: Shape, dtype: str, device: str, attn_implementation: str = "sd
     processor = build_processor(shape)
     model = build_model(shape, processor, torch_dtype, device_name, attn_implementation)
     ref = ModelRef(name=shape.name, source=f"random-init:{shape.name}", kind="local")
-    return Loaded(model=model, processor=processor, family=family_for("llava"), ref=ref, dtype=torch_dtype, device=torch.device(device_name), quantization="none")
+    return Loaded(
+        model=model,
+        processor=processor,
+        family=family_for("llava"),
+        ref=ref,
+        dtype=torch_dtype,
+        device=torch.device(device_name),
+        quantization="none",
+    )
 
 
 def vocabulary_words(shape: Shape, processor: Any) -> list[str]:
@@ -171,7 +256,14 @@ def write_data(root: Path, shape: Shape, processor: Any, n: int, seed: int = 0) 
         messages = ({"role": "user", "content": question}, {"role": "assistant", "content": answer})
         records.append(Record(id=str(i), image=f"{i}.png", messages=messages))
     write_train(root, records)
-    write_manifest(root, source={"kind": "benchmark", "shape": shape.name}, seed=seed, counts={"train": n}, dropped={}, image_roots={"train": "images"})
+    write_manifest(
+        root,
+        source={"kind": "benchmark", "shape": shape.name},
+        seed=seed,
+        counts={"train": n},
+        dropped={},
+        image_roots={"train": "images"},
+    )
     return root
 
 
@@ -205,7 +297,9 @@ def counts(model: Any, image_tokens: int) -> Counts:
     vision = base.config.vision_config
 
     def params(module: Any) -> int:
-        return sum(p.numel() for n, p in module.named_parameters() if p.dim() >= 2 and "embed" not in n and "lora_" not in n)
+        return sum(
+            p.numel() for n, p in module.named_parameters() if p.dim() >= 2 and "embed" not in n and "lora_" not in n
+        )
 
     return Counts(
         vision_params=params(inner.vision_tower),
@@ -242,7 +336,11 @@ class Flops:
 def flops(c: Counts, seq_len: int, supervised: int) -> Flops:
     """Per-sample forward FLOPs for a sequence of `seq_len` tokens with `supervised` supervised rows."""
     p = c.patches
-    vision = 2 * c.vision_params * p + 4 * c.vision_layers * p * p * c.vision_hidden + 2 * c.projector_params * c.image_tokens
+    vision = (
+        2 * c.vision_params * p
+        + 4 * c.vision_layers * p * p * c.vision_hidden
+        + 2 * c.projector_params * c.image_tokens
+    )
     lm = 2 * c.lm_body_params * seq_len + 4 * c.layers * seq_len * seq_len * c.hidden
     head = 2 * c.hidden * c.vocab * supervised
     return Flops(vision=float(vision), lm=float(lm), head=float(head))

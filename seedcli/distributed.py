@@ -79,7 +79,9 @@ def _int(env: Mapping[str, str], name: str) -> int:
     try:
         return int(env[name])
     except ValueError:
-        raise ConfigError(f"environment variable {name}={env[name]!r} is not an integer; fix the launcher's environment.") from None
+        raise ConfigError(
+            f"environment variable {name}={env[name]!r} is not an integer; fix the launcher's environment."
+        ) from None
 
 
 def placement(env: Mapping[str, str] | None = None) -> Placement:
@@ -97,7 +99,15 @@ def placement(env: Mapping[str, str] | None = None) -> Placement:
         per_node = re.match(r"\d+", env.get("SLURM_NTASKS_PER_NODE", ""))
         nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
         addr = env.get("MASTER_ADDR") or (first_host(nodes) if nodes else None)
-        return Placement(_int(env, "SLURM_PROCID"), world, int(env.get("SLURM_LOCALID", "0")), int(per_node.group()) if per_node else world, addr, port, "slurm")
+        return Placement(
+            _int(env, "SLURM_PROCID"),
+            world,
+            int(env.get("SLURM_LOCALID", "0")),
+            int(per_node.group()) if per_node else world,
+            addr,
+            port,
+            "slurm",
+        )
     return Placement(0, 1, 0, 1, None, None, "single")
 
 
@@ -134,7 +144,10 @@ def _peer_guard(rank: int, op: str) -> Iterator[None]:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = re.sub(r"\[[^\]]*\]\s*", "", first)  # drop source locations like [.../pair.cc:553]
-        raise PeerLost(f"rank {rank}: {op} failed because another process stopped or timed out ({first}); see that rank's error, or raise --nccl-timeout-s if it is only slow.") from None
+        raise PeerLost(
+            f"rank {rank}: {op} failed because another process stopped or timed out ({first}); see that rank's error, "
+            "or raise --nccl-timeout-s if it is only slow."
+        ) from None
 
 
 class TorchCollective:
@@ -204,7 +217,15 @@ class TorchCollective:
                 offset += n
 
 
-def init_collective(*, device_type: str, timeout_s: float, master_addr: str | None = None, master_port: int | None = None, force: bool = False, env: Mapping[str, str] | None = None) -> TorchCollective | None:
+def init_collective(
+    *,
+    device_type: str,
+    timeout_s: float,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    force: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> TorchCollective | None:
     """Join the launcher's process group (NCCL on cuda, gloo on cpu); None for a lone process.
 
     `force` makes a lone process a group of one (FSDP needs a process group even on one GPU).
@@ -219,7 +240,10 @@ def init_collective(*, device_type: str, timeout_s: float, master_addr: str | No
         # A scheduler that binds one GPU per task (CUDA_VISIBLE_DEVICES of one) shows it as device 0.
         index = where.local_rank if visible > where.local_rank else 0 if visible == 1 else None
         if index is None:
-            raise ConfigError(f"local rank {where.local_rank} has no GPU (torch sees {visible}); start at most that many processes per node (--gpus).")
+            raise ConfigError(
+                f"local rank {where.local_rank} has no GPU (torch sees {visible}); start at most that many processes "
+                "per node (--gpus)."
+            )
         torch.cuda.set_device(index)
         device = torch.device("cuda", index)
     if dist.is_initialized():
@@ -231,12 +255,25 @@ def init_collective(*, device_type: str, timeout_s: float, master_addr: str | No
         addr = where.master_addr or master_addr or LOCALHOST
         port = where.master_port or master_port or (free_port() if where.world == 1 else None)
         if port is None:
-            raise ConfigError("a SLURM job needs a rendezvous port: pass --master-port (the same on every task) or export MASTER_PORT.")
-        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=where.rank, world_size=where.world, timeout=timeout)
+            raise ConfigError(
+                "a SLURM job needs a rendezvous port: pass --master-port (the same on every task) or export "
+                "MASTER_PORT."
+            )
+        dist.init_process_group(
+            backend, init_method=f"tcp://{addr}:{port}", rank=where.rank, world_size=where.world, timeout=timeout
+        )
     return TorchCollective(device)
 
 
-def join(*, device: str, processes: int, timeout_s: float, master_addr: str | None = None, master_port: int | None = None, force: bool = False) -> TorchCollective | None:
+def join(
+    *,
+    device: str,
+    processes: int,
+    timeout_s: float,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    force: bool = False,
+) -> TorchCollective | None:
     """The process group a command asked for (`processes` across all nodes); None for a lone process.
 
     Asking for several processes without a launcher is an error: the CLI relaunches itself, a
@@ -246,9 +283,14 @@ def join(*, device: str, processes: int, timeout_s: float, master_addr: str | No
 
     where = placement()
     if where.source == "single" and processes > 1:
-        raise ConfigError(f"{processes} processes were asked for (--gpus/--nproc/--nnodes) but this process was not started by a launcher; use the `seed` CLI (it relaunches itself), torchrun or srun.")
+        raise ConfigError(
+            f"{processes} processes were asked for (--gpus/--nproc/--nnodes) but this process was not started by a "
+            "launcher; use the `seed` CLI (it relaunches itself), torchrun or srun."
+        )
     device_type = "cuda" if resolve_device(device).startswith("cuda") else "cpu"
-    return init_collective(device_type=device_type, timeout_s=timeout_s, master_addr=master_addr, master_port=master_port, force=force)
+    return init_collective(
+        device_type=device_type, timeout_s=timeout_s, master_addr=master_addr, master_port=master_port, force=force
+    )
 
 
 def shutdown() -> None:
@@ -333,13 +375,26 @@ def _primary(failures: Mapping[int, Any]) -> tuple[int, Any]:
 
     def secondary(failure: Any) -> bool:
         message = _message(failure)
-        return message.startswith(PeerLost.__name__) or failure.exitcode < 0 or message.startswith("To enable traceback")
+        return (
+            message.startswith(PeerLost.__name__) or failure.exitcode < 0 or message.startswith("To enable traceback")
+        )
 
     rank = min(failures, key=lambda r: (secondary(failures[r]), failures[r].timestamp, r))
     return rank, failures[rank]
 
 
-def launch(entry: Callable[..., Any] | str, args: Sequence[Any], *, nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None, master_port: int | None = None, rendezvous_timeout_s: int = 900, shutdown_timeout_s: int = 300) -> dict[int, Any]:
+def launch(
+    entry: Callable[..., Any] | str,
+    args: Sequence[Any],
+    *,
+    nproc: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    rendezvous_timeout_s: int = 900,
+    shutdown_timeout_s: int = 300,
+) -> dict[int, Any]:
     """Run `entry(*args)` (a function or an executable) in `nproc` workers per node via torch's elastic launcher.
 
     Static rendezvous (like `torchrun --node-rank --master-addr --master-port`), no restarts. On a
@@ -352,7 +407,9 @@ def launch(entry: Callable[..., Any] | str, args: Sequence[Any], *, nproc: int, 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if nnodes > 1 and (master_addr is None or master_port is None):
-        raise ConfigError("--nnodes > 1 needs --master-addr and --master-port (node 0's address and a port free there).")
+        raise ConfigError(
+            "--nnodes > 1 needs --master-addr and --master-port (node 0's address and a port free there)."
+        )
     config = LaunchConfig(
         min_nodes=nnodes,
         max_nodes=nnodes,
@@ -369,19 +426,41 @@ def launch(entry: Callable[..., Any] | str, args: Sequence[Any], *, nproc: int, 
         return elastic_launch(config, entry)(*args)
     except SignalException as exc:
         # The agent forwarded the signal; workers finish their step, save a checkpoint and exit.
-        raise Interrupted(f"interrupted by signal {exc.sigval}; the workers saved a checkpoint at the end of their step: continue with --resume --out <the run directory>.") from None
+        raise Interrupted(
+            f"interrupted by signal {exc.sigval}; the workers saved a checkpoint at the end of their step: continue "
+            "with --resume --out <the run directory>."
+        ) from None
     except ChildFailedError as exc:
         rank, failure = _primary(exc.failures)
-        raise RankFailed(f"rank {rank} failed: {_message(failure)}", failure.exitcode if failure.exitcode > 0 else 1) from None
+        raise RankFailed(
+            f"rank {rank} failed: {_message(failure)}", failure.exitcode if failure.exitcode > 0 else 1
+        ) from None
 
 
-def relaunch_cli(argv: Sequence[str], *, nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None, master_port: int | None = None, env: Mapping[str, str] | None = None) -> None:
+def relaunch_cli(
+    argv: Sequence[str],
+    *,
+    nproc: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> None:
     """Run `python -m seedcli ARGV` in `nproc` workers per node; their stdout and stderr are this one's."""
     env = os.environ if env is None else env
     if "OMP_NUM_THREADS" not in env:
         # As torchrun does: N workers with all cores each oversubscribe the CPU (speed only).
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    launch(sys.executable, ["-m", "seedcli", *argv], nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
+    launch(
+        sys.executable,
+        ["-m", "seedcli", *argv],
+        nproc=nproc,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+    )
 
 
 def record_failure(exc: BaseException) -> None:
@@ -399,7 +478,10 @@ def check_gpus(gpus: int | None) -> None:
         return
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if visible < gpus:
-        raise ConfigError(f"--gpus {gpus}: torch sees {visible} CUDA device(s) on this node; lower --gpus, check CUDA_VISIBLE_DEVICES, or use --device cpu --nproc {gpus}.")
+        raise ConfigError(
+            f"--gpus {gpus}: torch sees {visible} CUDA device(s) on this node; lower --gpus, check "
+            f"CUDA_VISIBLE_DEVICES, or use --device cpu --nproc {gpus}."
+        )
 
 
 # --- progress from non-main ranks ------------------------------------------------------------------------
@@ -454,7 +536,9 @@ def gather_records(records: Sequence[Any], collective: TorchCollective | None = 
         if not (dist.is_available() and dist.is_initialized()):
             return list(records)
         backend = dist.get_backend()
-        collective = TorchCollective(torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu"))
+        collective = TorchCollective(
+            torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        )
     payload = torch.frombuffer(bytearray(json.dumps(list(records)).encode("utf-8")), dtype=torch.uint8)
     merged: list[Any] = []
     for part in collective.gather_parts(payload):

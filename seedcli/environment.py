@@ -8,7 +8,20 @@ import platform
 import sys
 from typing import Any
 
-PACKAGES = ("seedcli", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "tokenizers", "safetensors", "typer", "rich", "pycocotools")
+PACKAGES = (
+    "seedcli",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+    "typer",
+    "rich",
+    "pycocotools",
+)
 HUB_URL = "https://huggingface.co/api/models?limit=1"
 
 
@@ -46,7 +59,11 @@ def devices() -> dict[str, Any]:
 
 def hub_status(check: bool, timeout_s: float) -> str:
     """'offline mode set', 'reachable', 'unreachable (...)' or 'not checked'."""
-    flags = [k for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(k, "").lower() in ("1", "true", "yes", "on")]
+    flags = [
+        k
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+        if os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+    ]
     if flags:
         return f"offline mode set ({', '.join(flags)})"
     if not check:

@@ -125,7 +125,10 @@ def resolve_source(cfg: MergeConfig) -> Source:
             trust_remote_code=cfg.trust_remote_code,
             chat_template=None,
         )
-    raise DataError(f"RUN_DIR {root} is neither a seedcli run directory (config.json of `seed distill`) nor a PEFT adapter directory (adapter_config.json).")
+    raise DataError(
+        f"RUN_DIR {root} is neither a seedcli run directory (config.json of `seed distill`) nor a PEFT adapter "
+        "directory (adapter_config.json)."
+    )
 
 
 def _checkpoint_quantization(base_config: Any) -> str:
@@ -139,7 +142,10 @@ def _checkpoint_quantization(base_config: Any) -> str:
     if quant.get("load_in_8bit"):
         return "8bit"
     method = quant.get("quant_method", "unknown")
-    raise ModelError(f"the base checkpoint is quantized with {method!r}; seed merge can dequantize only bitsandbytes 4/8-bit bases; pass --model with a full-precision base.")
+    raise ModelError(
+        f"the base checkpoint is quantized with {method!r}; seed merge can dequantize only bitsandbytes 4/8-bit "
+        "bases; pass --model with a full-precision base."
+    )
 
 
 def quantization_to_load(source: Source, base_config: Any, dequantize: bool) -> str:
@@ -171,7 +177,9 @@ def probe_images() -> list[Any]:
 
     size = PROBE_IMAGE_SIZE
     ramp = np.linspace(0, 255, size, dtype=np.float64)
-    first = np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)), np.full((size, size), 96.0)], axis=-1)
+    first = np.stack(
+        [np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)), np.full((size, size), 96.0)], axis=-1
+    )
     second = np.zeros((size, size, 3))
     half = size // 2
     second[:half, :half] = (220, 40, 40)
@@ -221,7 +229,9 @@ def _dequantized(model: Any, torch_dtype: Any) -> Any:
     try:
         model = model.dequantize()
     except Exception as exc:  # bitsandbytes raises several types
-        raise ModelError(f"--dequantize failed ({type(exc).__name__}: {exc}); pass --model with a full-precision base instead.") from None
+        raise ModelError(
+            f"--dequantize failed ({type(exc).__name__}: {exc}); pass --model with a full-precision base instead."
+        ) from None
     return model.to(torch_dtype)
 
 
@@ -236,7 +246,15 @@ def _settings_rows(source: Source) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in source.settings.items() if k in shown or k in keep]
 
 
-def model_card(source: Source, *, base_hub_id: str | None, dtype: str, verification: dict[str, Any], processor_class: str, date: str) -> str:
+def model_card(
+    source: Source,
+    *,
+    base_hub_id: str | None,
+    dtype: str,
+    verification: dict[str, Any],
+    processor_class: str,
+    date: str,
+) -> str:
     """The README.md of a merged model: metadata, provenance, SEED settings, verification, usage."""
     front = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text"]
     if base_hub_id:
@@ -247,7 +265,10 @@ def model_card(source: Source, *, base_hub_id: str | None, dtype: str, verificat
     origin = "seedcli run" if source.kind == "run" else "PEFT adapter directory"
     note = ""
     if processor_class.startswith("Qwen2VLImageOnly"):
-        note = "\nThe processor is seedcli's image-only Qwen2-VL processor: `import seedcli.models.qwen2vl_processor` before `AutoProcessor.from_pretrained`.\n"
+        note = (
+            "\nThe processor is seedcli's image-only Qwen2-VL processor: "
+            "`import seedcli.models.qwen2vl_processor` before `AutoProcessor.from_pretrained`.\n"
+        )
     body = f"""# {source.base_model} + SEED (merged)
 
 `{source.base_model}` with its SEED (Self-Evolving Distillation, arXiv 2507.04680) hallucination
@@ -272,7 +293,8 @@ model's architecture and cost at inference.
 
 On a probe batch ({verification["positions"]} attended positions), the logits of this directory,
 reloaded from disk, differ from the base with the adapter attached by at most
-{verification["max_abs_diff"]:.3g} (bound {verification["bound"]:.3g} = {verification["atol"]:g} + {verification["rtol"]:g} x max |logit|);
+{verification["max_abs_diff"]:.3g} (bound {verification["bound"]:.3g} = {verification["atol"]:g} + \
+{verification["rtol"]:g} x max |logit|);
 the adapter itself moves the logits by up to {verification["adapter_effect"]:.3g}.
 
 ## Usage
@@ -295,20 +317,34 @@ def _check_no_adapter_keys(out: Path) -> None:
         with safe_open(str(shard), framework="pt") as handle:
             leftover = [key for key in handle.keys() if "lora_" in key]
         if leftover:
-            raise ModelError(f"the merged weights still hold adapter tensors ({leftover[0]}, ...); nothing was written to --out.")
+            raise ModelError(
+                f"the merged weights still hold adapter tensors ({leftover[0]}, ...); nothing was written to --out."
+            )
 
 
-def _merge_and_save(cfg: MergeConfig, source: Source, dtype: str, quant: str, stage: Path, reporter: Reporter) -> tuple[Any, Any, Any, Any]:
+def _merge_and_save(
+    cfg: MergeConfig, source: Source, dtype: str, quant: str, stage: Path, reporter: Reporter
+) -> tuple[Any, Any, Any, Any]:
     """Load, attach, merge and save into `stage`; returns (probe batch, attached and base logits, processor class)."""
     from seedcli.models.adapters import check_fits
     from seedcli.models.loading import load
     from seedcli.rundir import apply_adapters
 
-    reporter.info(f"loading base {source.base_model} ({dtype}{', ' + quant + ' then dequantized' if quant != 'none' else ''})")
-    loaded = load(source.base_model, dtype=dtype, device=cfg.device, quantization=quant, trust_remote_code=source.trust_remote_code)
+    reporter.info(
+        f"loading base {source.base_model} ({dtype}{', ' + quant + ' then dequantized' if quant != 'none' else ''})"
+    )
+    loaded = load(
+        source.base_model,
+        dtype=dtype,
+        device=cfg.device,
+        quantization=quant,
+        trust_remote_code=source.trust_remote_code,
+    )
     model = _dequantized(loaded.model, loaded.dtype) if quant != "none" else loaded.model
     if quant != "none":
-        reporter.warn(f"the adapter was trained on a {quant} base; the merged model carries that base's dequantized weights.")
+        reporter.warn(
+            f"the adapter was trained on a {quant} base; the merged model carries that base's dequantized weights."
+        )
     batch = probe_batch(loaded.processor, loaded.family, loaded.device)
     base = probe_logits(model, batch)
     check_fits(model, source.chain, base=source.base_model, run=source.root)
@@ -350,7 +386,12 @@ def merge(cfg: MergeConfig, reporter: Reporter) -> dict[str, Any]:
     marker = merged_marker(run_dir) if run_dir.is_dir() else None
     if marker is not None:
         reporter.info(f"{run_dir} is already a merged model (seedcli merge marker); nothing to do.")
-        return {"status": "already-merged", "out": str(run_dir.resolve()), "merged_from": marker.get("source"), "seconds": round(time.monotonic() - started, 3)}
+        return {
+            "status": "already-merged",
+            "out": str(run_dir.resolve()),
+            "merged_from": marker.get("source"),
+            "seconds": round(time.monotonic() - started, 3),
+        }
     source = resolve_source(cfg)
     check_readable(source.chain)
     atomic.prepare_output_dir(out, overwrite=cfg.overwrite)
@@ -366,25 +407,51 @@ def merge(cfg: MergeConfig, reporter: Reporter) -> dict[str, Any]:
     with atomic.staged_dir(out, overwrite=cfg.overwrite) as stage:
         batch, attached, base, processor_class = _merge_and_save(cfg, source, dtype, quant, stage, reporter)
         _free_memory()
-        _write_marker(stage, {"seedcli_version": __version__, "source": str(source.root.resolve()), "kind": source.kind, "base_model": source.base_model, "adapters": [str(p.resolve()) for p in source.chain], "dtype": dtype, "date": date})
+        _write_marker(
+            stage,
+            {
+                "seedcli_version": __version__,
+                "source": str(source.root.resolve()),
+                "kind": source.kind,
+                "base_model": source.base_model,
+                "adapters": [str(p.resolve()) for p in source.chain],
+                "dtype": dtype,
+                "date": date,
+            },
+        )
         _check_no_adapter_keys(stage)
         reporter.info("verifying the saved directory against the attached adapter")
         reloaded = load(str(stage), dtype=dtype, device=cfg.device, trust_remote_code=source.trust_remote_code)
         again = probe_batch(reloaded.processor, reloaded.family, "cpu")
-        if set(again) != set(batch) or not all(again[k].shape == batch[k].shape and bool((again[k] == batch[k]).all()) for k in batch):
-            raise ModelError("the saved processor encodes the probe differently from the base's; nothing was written to --out.")
+        if set(again) != set(batch) or not all(
+            again[k].shape == batch[k].shape and bool((again[k] == batch[k]).all()) for k in batch
+        ):
+            raise ModelError(
+                "the saved processor encodes the probe differently from the base's; nothing was written to --out."
+            )
         merged = probe_logits(reloaded.model, {k: v.to(reloaded.device) for k, v in batch.items()})
         del reloaded
         verification = compare_logits(merged, attached, base, dtype)
         if not verification["passed"]:
             raise ModelError(
-                f"verification failed: merged logits differ from the attached adapter by {verification['max_abs_diff']:.3g} "
+                "verification failed: merged logits differ from the attached adapter by "
+                f"{verification['max_abs_diff']:.3g} "
                 f"(> {verification['bound']:.3g} allowed for {dtype}); nothing was written to --out."
             )
         if verification["adapter_effect"] <= verification["bound"]:
-            reporter.warn(f"the adapter moves the probe logits by only {verification['adapter_effect']:.3g}, within the {dtype} tolerance; the check cannot tell merged from base (use --dtype fp32 for a sharper check).")
+            reporter.warn(
+                f"the adapter moves the probe logits by only {verification['adapter_effect']:.3g}, within the {dtype} "
+                "tolerance; the check cannot tell merged from base (use --dtype fp32 for a sharper check)."
+            )
         base_hub_id = ref.source if ref.kind in ("hub", "alias") else None
-        card = model_card(source, base_hub_id=base_hub_id, dtype=dtype, verification=verification, processor_class=processor_class, date=date)
+        card = model_card(
+            source,
+            base_hub_id=base_hub_id,
+            dtype=dtype,
+            verification=verification,
+            processor_class=processor_class,
+            date=date,
+        )
         from seedcli.cards import enrich_merged_card
 
         atomic.write_text(stage / "README.md", enrich_merged_card(card, source.root if source.kind == "run" else None))

@@ -62,8 +62,16 @@ def _claim_out(out: Path, overwrite: bool) -> None:
     """Refuse to clobber a directory the quickstart did not write (unless --overwrite)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; choose a directory.")
-    if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file() and not (out / DATA_DIR).is_dir() and not overwrite:
-        raise ConfigError(f"--out {out} exists and was not written by `seed quickstart`; choose another --out or pass --overwrite.")
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not (out / RESULTS).is_file()
+        and not (out / DATA_DIR).is_dir()
+        and not overwrite
+    ):
+        raise ConfigError(
+            f"--out {out} exists and was not written by `seed quickstart`; choose another --out or pass --overwrite."
+        )
     out.mkdir(parents=True, exist_ok=True)
     for name in (RESULTS, EVAL_DIR, VCD_EVAL_DIR, RUNS_DIR):
         path = out / name
@@ -198,7 +206,9 @@ def examples(samples: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
         base = rows["base"]
         if benchmark == "chair":
             present = set(base["label"])
-            flagged = {m: partner_hallucinations(present, {c for _, c in rows[m]["parsed"]["mentions"]}) for m in MODELS}
+            flagged = {
+                m: partner_hallucinations(present, {c for _, c in rows[m]["parsed"]["mentions"]}) for m in MODELS
+            }
             if not flagged["base"] or flagged["seed"]:
                 continue
             partner = flagged["base"][0]
@@ -293,7 +303,14 @@ def quickstart(cfg: QuickstartConfig, reporter: Reporter) -> dict[str, Any]:
             "notes": prepared["notes"],
         },
         "base_model": {"path": str(base), "recipe": to_dict(recipe), "training": base_stats},
-        "runs": {m: {"run_dir": str(runs[m]), "mean_kl": summaries[m].get("final", {}).get("mean_kl"), "last": summaries[m].get("final", {}).get("last")} for m in runs},
+        "runs": {
+            m: {
+                "run_dir": str(runs[m]),
+                "mean_kl": summaries[m].get("final", {}).get("mean_kl"),
+                "last": summaries[m].get("final", {}).get("last"),
+            }
+            for m in runs
+        },
         "evaluation": {
             "out": evaluation["out"],
             "ok": evaluation["ok"] and (vcd_eval is None or vcd_eval["ok"]),

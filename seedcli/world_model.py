@@ -53,9 +53,16 @@ def world_fingerprint(data_dir: Path) -> dict[str, Any]:
 
     data = open_data_dir(Path(data_dir))
     # Only the Arrow shards: datasets' state.json carries a fresh random fingerprint on every write.
-    records = {k: v for k, v in data.manifest.get("files", {}).items() if k.startswith(TRAIN_DIR + "/") and k.endswith(".arrow")}
+    records = {
+        k: v
+        for k, v in data.manifest.get("files", {}).items()
+        if k.startswith(TRAIN_DIR + "/") and k.endswith(".arrow")
+    }
     if not records:
-        raise DataError(f"--data {data_dir}: the manifest lists no training records; prepare a world with `seed prepare --synthetic`.")
+        raise DataError(
+            f"--data {data_dir}: the manifest lists no training records; prepare a world with `seed prepare "
+            "--synthetic`."
+        )
     images = hashlib.sha256()
     root = data.image_root("train")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -99,7 +106,16 @@ def _encode_all(loaded: Any, data: Any, rows: list[dict[str, Any]], max_length: 
         for row in rows:
             with Image.open(data.resolve_image("train", row["image"])) as handle:
                 image = handle.convert("RGB")
-            encoded.append(encode(loaded.processor, loaded.family, row["messages"], image, max_length=max_length, where=f"record {row['id']}"))
+            encoded.append(
+                encode(
+                    loaded.processor,
+                    loaded.family,
+                    row["messages"],
+                    image,
+                    max_length=max_length,
+                    where=f"record {row['id']}",
+                )
+            )
             task.advance()
     return encoded
 
@@ -128,12 +144,16 @@ def train(data_dir: Path, out: Path, recipe: WorldRecipe, reporter: Reporter) ->
     steps_per_epoch = math.ceil(len(samples) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(recipe.warmup_ratio * total), recipe.min_lr_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, int(recipe.warmup_ratio * total), recipe.min_lr_ratio)
+    )
     model.train()
     epoch_losses: list[float] = []
     with reporter.task("training the world model", total=total, unit="step") as task:
         for epoch in range(recipe.epochs):
-            order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(recipe.seed * 1000 + epoch)).tolist()
+            order = torch.randperm(
+                len(samples), generator=torch.Generator().manual_seed(recipe.seed * 1000 + epoch)
+            ).tolist()
             loss_sum, token_sum = 0.0, 0
             for start in range(0, len(order), recipe.batch_size):
                 batch = collate([samples[i] for i in order[start : start + recipe.batch_size]], pad_id=pad)

@@ -34,7 +34,9 @@ def evaluate(cfg: EvaluateConfig, as_json: bool) -> None:
         distributed.check_gpus(cfg.gpus)
         # Every worker must write into the same results directory, so the timestamped default is fixed here.
         fixed = cfg if cfg.out is not None else dataclasses.replace(cfg, out=default_out())
-        distributed.relaunch_cli(config_argv("evaluate", fixed, as_json=as_json), nproc=cfg.processes, master_port=cfg.master_port)
+        distributed.relaunch_cli(
+            config_argv("evaluate", fixed, as_json=as_json), nproc=cfg.processes, master_port=cfg.master_port
+        )
         return
     try:
         results = run_evaluate(cfg, make_reporter(as_json))

@@ -79,7 +79,9 @@ def _convert(field: dataclasses.Field[Any], tp: Any, value: Any) -> Any:
     try:
         return tuple(elem(v) for v in items)
     except ValueError:
-        raise ConfigError(f"{flag_name(field)} expects comma-separated {elem.__name__} values (got {value!r}).") from None
+        raise ConfigError(
+            f"{flag_name(field)} expects comma-separated {elem.__name__} values (got {value!r})."
+        ) from None
 
 
 COMMAND_CONFIGS: dict[str, type] = {}

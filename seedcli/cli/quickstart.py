@@ -59,8 +59,13 @@ def quickstart(cfg: QuickstartConfig, as_json: bool) -> None:
     print_table(f"base vs SFT vs SEED on the {world} world (%, {results['evaluation']['protocol']})", rows, header)
     for example in results["examples"]:
         where = "CHAIR caption" if example["benchmark"] == "chair" else f"POPE {example['split']}"
-        answers = [[name, example["answers"][key]] for name, key in (("base", "base"), ("SFT", "sft"), ("SEED", "seed"))]
-        print_table(f"{where}, {example['image']}: usual partner '{example['partner']}' is NOT in the image", [["prompt", example["prompt"].splitlines()[0]], *answers])
+        answers = [
+            [name, example["answers"][key]] for name, key in (("base", "base"), ("SFT", "sft"), ("SEED", "seed"))
+        ]
+        print_table(
+            f"{where}, {example['image']}: usual partner '{example['partner']}' is NOT in the image",
+            [["prompt", example["prompt"].splitlines()[0]], *answers],
+        )
     if not results["examples"]:
         print_table("examples", [["no item where the base model names an absent usual partner and SEED does not"]])
     seconds = results["seconds"]

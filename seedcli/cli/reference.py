@@ -59,7 +59,11 @@ def render() -> str:
             elif typing_is_tuple(types[field.name]):
                 meaning += " Comma-separated."
             lines.append(f"| `{spelled}` | `{_default(field)}` | {meaning} |")
-        extra = [p for p in command.params if p.name not in {f.name for f in dataclasses.fields(cfg_cls)} and p.name != "help"]
+        extra = [
+            p
+            for p in command.params
+            if p.name not in {f.name for f in dataclasses.fields(cfg_cls)} and p.name != "help"
+        ]
         for param in extra:
             lines.append(f"| `{'/'.join(param.opts)}` | | {(param.help or '').replace('|', chr(92) + '|')} |")
         lines.append("")

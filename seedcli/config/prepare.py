@@ -23,27 +23,58 @@ DEFAULT_TRAIN_IMAGE_DIRS = (Path("data/train2014"), Path("data/train2017"))
 class PrepareConfig:
     """What `seed prepare` reads, checks and writes."""
 
-    instruct: Path = option(Path("data/llava_instruct_150k.json"), "LLaVA-Instruct JSON array (llava_instruct_150k.json).", panel=INPUTS)
+    instruct: Path = option(
+        Path("data/llava_instruct_150k.json"), "LLaVA-Instruct JSON array (llava_instruct_150k.json).", panel=INPUTS
+    )
     images: Path | None = option(
         None,
-        "COCO training image directory (train2014 or train2017 file names). Default: data/train2014 if it exists, else data/train2017.",
+        "COCO training image directory (train2014 or train2017 file names). Default: data/train2014 if it exists, "
+        "else data/train2017.",
         panel=INPUTS,
     )
     coco_annotations: Path = option(
-        Path("data/annotations"), "COCO annotation directory holding instances_val2014.json and captions_val2014.json.", panel=INPUTS
+        Path("data/annotations"),
+        "COCO annotation directory holding instances_val2014.json and captions_val2014.json.",
+        panel=INPUTS,
     )
-    coco_images: Path = option(Path("data/val2014"), "COCO val2014 image directory (the POPE and CHAIR images).", panel=INPUTS)
+    coco_images: Path = option(
+        Path("data/val2014"), "COCO val2014 image directory (the POPE and CHAIR images).", panel=INPUTS
+    )
     out: Path = option(Path("seed-data"), "Data directory to write.", panel=OUTPUT)
     overwrite: bool = option(False, "Replace an existing --out directory.", panel=OUTPUT)
-    seed: int = option(0, "Seed of every random choice (sampling, POPE negatives, CHAIR images, synthetic world).", panel=OUTPUT)
-    train: bool = option(True, "Convert the LLaVA-Instruct training set (--no-train writes only the evaluation sets).", panel=INPUTS)
-    max_samples: int | None = option(None, "Keep at most this many training conversations, sampled by --seed (default: all).", min=1, panel=INPUTS)
-    verify_images: bool = option(False, "Decode every selected training image and drop unreadable ones (default: existence check only).", panel=INPUTS)
-    workers: int = option(0, "Processes decoding images for --verify-images (0 = one per CPU core).", min=0, panel=INPUTS)
-    allow_eval_overlap: bool = option(False, "Keep training records whose COCO image is a POPE or CHAIR evaluation image.", panel=INPUTS)
+    seed: int = option(
+        0, "Seed of every random choice (sampling, POPE negatives, CHAIR images, synthetic world).", panel=OUTPUT
+    )
+    train: bool = option(
+        True, "Convert the LLaVA-Instruct training set (--no-train writes only the evaluation sets).", panel=INPUTS
+    )
+    max_samples: int | None = option(
+        None, "Keep at most this many training conversations, sampled by --seed (default: all).", min=1, panel=INPUTS
+    )
+    verify_images: bool = option(
+        False,
+        "Decode every selected training image and drop unreadable ones (default: existence check only).",
+        panel=INPUTS,
+    )
+    workers: int = option(
+        0, "Processes decoding images for --verify-images (0 = one per CPU core).", min=0, panel=INPUTS
+    )
+    allow_eval_overlap: bool = option(
+        False, "Keep training records whose COCO image is a POPE or CHAIR evaluation image.", panel=INPUTS
+    )
     pope: bool = option(True, "Build (or import, with --pope-from) the POPE sets; --no-pope skips them.", panel=EVAL)
-    pope_images: int = option(500, "Images sampled for POPE (2 questions per probed object and split: 3,000 per split at the defaults).", min=1, panel=EVAL)
-    pope_objects: int = option(OBJECTS_PER_IMAGE, "Ground-truth objects probed per POPE image (also the minimum number of categories).", min=1, panel=EVAL)
+    pope_images: int = option(
+        500,
+        "Images sampled for POPE (2 questions per probed object and split: 3,000 per split at the defaults).",
+        min=1,
+        panel=EVAL,
+    )
+    pope_objects: int = option(
+        OBJECTS_PER_IMAGE,
+        "Ground-truth objects probed per POPE image (also the minimum number of categories).",
+        min=1,
+        panel=EVAL,
+    )
     pope_from: Path | None = option(
         None,
         "Import official POPE files (coco_pope_{random,popular,adversarial}.json) from this directory instead of "
@@ -53,9 +84,17 @@ class PrepareConfig:
     )
     chair: bool = option(True, "Build the CHAIR image list and ground truth; --no-chair skips it.", panel=EVAL)
     chair_images: int = option(CHAIR_IMAGES, "Images sampled for CHAIR.", min=1, panel=EVAL)
-    synthetic: bool = option(False, "Build the offline synthetic world instead of reading COCO / LLaVA-Instruct.", panel=SYNTHETIC)
+    synthetic: bool = option(
+        False, "Build the offline synthetic world instead of reading COCO / LLaVA-Instruct.", panel=SYNTHETIC
+    )
     synthetic_images: int = option(DEFAULT_IMAGES, "Images rendered for the synthetic world.", min=1, panel=SYNTHETIC)
-    cooccurrence: float = option(DEFAULT_COOCCURRENCE, "Synthetic world: probability that an object's usual partner appears with it.", min=0.0, max=1.0, panel=SYNTHETIC)
+    cooccurrence: float = option(
+        DEFAULT_COOCCURRENCE,
+        "Synthetic world: probability that an object's usual partner appears with it.",
+        min=0.0,
+        max=1.0,
+        panel=SYNTHETIC,
+    )
     data_root: Path = option(
         Path("data"), "Where missing inputs are fetched to, and where the default input paths point.", panel=FETCH
     )
@@ -96,14 +135,22 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         check(self)
-        require(self.train or self.pope or self.chair, "--no-train", "with --no-pope and --no-chair leaves nothing to prepare.")
+        require(
+            self.train or self.pope or self.chair,
+            "--no-train",
+            "with --no-pope and --no-chair leaves nothing to prepare.",
+        )
         require(self.pope_from is None or self.pope, "--pope-from", "cannot be combined with --no-pope.")
         require(
             not self.detect or self.synthetic,
             "--detect",
             "needs --synthetic (import other files with `seed detect import`).",
         )
-        require(self.pope_from is None or not self.synthetic, "--pope-from", "cannot be combined with --synthetic (its POPE sets are built from the world).")
+        require(
+            self.pope_from is None or not self.synthetic,
+            "--pope-from",
+            "cannot be combined with --synthetic (its POPE sets are built from the world).",
+        )
         require(not (self.fetch_only and self.synthetic), "--fetch-only", "cannot be combined with --synthetic.")
         knobs = {
             "--world": self.world != "clean",

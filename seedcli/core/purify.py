@@ -119,7 +119,10 @@ def beta_from_quantiles(
     thresholds: torch.Tensor,
     values: tuple[float, ...],
 ) -> torch.Tensor:
-    """Piecewise-constant beta: conf < t[0] -> values[0], t[i-1] <= conf < t[i] -> values[i], conf >= t[-1] -> values[-1]: [B] float32."""
+    """Piecewise-constant beta, [B] float32.
+
+    conf < t[0] -> values[0]; t[i-1] <= conf < t[i] -> values[i]; conf >= t[-1] -> values[-1].
+    """
     if thresholds.dim() != 1:
         raise ValueError(f"thresholds must be [K], got shape {tuple(thresholds.shape)}")
     if len(values) != thresholds.shape[0] + 1:

@@ -72,7 +72,10 @@ def compress(clean: torch.Tensor, noisy: torch.Tensor | None, k: int) -> TopK:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if clean.dim() != 2 or (noisy is not None and noisy.shape != clean.shape):
-        raise ValueError(f"need clean [n, V] and noisy of the same shape, got {tuple(clean.shape)} and {None if noisy is None else tuple(noisy.shape)}")
+        raise ValueError(
+            f"need clean [n, V] and noisy of the same shape, got {tuple(clean.shape)} and "
+            f"{None if noisy is None else tuple(noisy.shape)}"
+        )
     n, vocab = clean.shape
     kk = min(k, vocab)
     ids = clean.float().topk(kk, dim=-1).indices  # [n, kk]
@@ -137,16 +140,27 @@ class TeacherCache:
         """Where one sample's entry lives."""
         return Path(self.root) / f"round-{round_index}" / f"{index}.safetensors"
 
-    def put(self, round_index: int, index: int, record_id: str, clean: torch.Tensor, noisy: torch.Tensor | None) -> None:
+    def put(
+        self, round_index: int, index: int, record_id: str, clean: torch.Tensor, noisy: torch.Tensor | None
+    ) -> None:
         """Store one sample's teacher rows [n, V] (noisy is dropped in mode "clean"); atomic write."""
         from safetensors.torch import save
 
-        entry = compress(clean.detach(), noisy.detach() if (noisy is not None and self.mode == "both") else None, self.k)
+        entry = compress(
+            clean.detach(), noisy.detach() if (noisy is not None and self.mode == "both") else None, self.k
+        )
         tensors = {"indices": entry.indices, "clean": entry.clean, "clean_lse": entry.clean_lse}
         if entry.noisy is not None and entry.noisy_lse is not None:
             tensors.update({"noisy": entry.noisy, "noisy_lse": entry.noisy_lse})
         tensors = {name: t.contiguous().cpu() for name, t in tensors.items()}
-        meta = {"format": FORMAT, "record_id": str(record_id), "k": str(self.k), "mode": self.mode, "vocab": str(entry.vocab), "rows": str(entry.rows)}
+        meta = {
+            "format": FORMAT,
+            "record_id": str(record_id),
+            "k": str(self.k),
+            "mode": self.mode,
+            "vocab": str(entry.vocab),
+            "rows": str(entry.rows),
+        }
         atomic.write_bytes(self.path(round_index, index), save(tensors, metadata=meta))
 
     def get(self, round_index: int, index: int, record_id: str, rows: int) -> TopK | None:
@@ -158,7 +172,13 @@ class TeacherCache:
             return None
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-            expected = {"format": FORMAT, "record_id": str(record_id), "k": str(self.k), "mode": self.mode, "rows": str(rows)}
+            expected = {
+                "format": FORMAT,
+                "record_id": str(record_id),
+                "k": str(self.k),
+                "mode": self.mode,
+                "rows": str(rows),
+            }
             if any(meta.get(key) != value for key, value in expected.items()):
                 return None
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
@@ -171,14 +191,29 @@ class TeacherCache:
             vocab=int(meta["vocab"]),
         )
 
-    def store_micro(self, round_index: int, indices: Sequence[int], record_ids: Sequence[str], sample_index: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor | None) -> None:
+    def store_micro(
+        self,
+        round_index: int,
+        indices: Sequence[int],
+        record_ids: Sequence[str],
+        sample_index: torch.Tensor,
+        clean: torch.Tensor,
+        noisy: torch.Tensor | None,
+    ) -> None:
         """Store every sample of a micro-batch from its teacher rows [N, V] (sample_index [N])."""
         cleans = split_by_sample(clean, sample_index, len(indices))
         noisies = split_by_sample(noisy, sample_index, len(indices)) if noisy is not None else [None] * len(indices)
         for index, record_id, c, z in zip(indices, record_ids, cleans, noisies, strict=True):
             self.put(round_index, index, record_id, c, z)
 
-    def load_micro(self, round_index: int, indices: Sequence[int], record_ids: Sequence[str], rows: Sequence[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def load_micro(
+        self,
+        round_index: int,
+        indices: Sequence[int],
+        record_ids: Sequence[str],
+        rows: Sequence[int],
+        device: torch.device | str,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """(clean [N, V], noisy [N, V] or None) float32 for a whole micro-batch, or None if any sample is missing."""
         entries = [self.get(round_index, i, r, n) for i, r, n in zip(indices, record_ids, rows, strict=True)]
         if any(e is None for e in entries):
@@ -189,7 +224,9 @@ class TeacherCache:
         return clean, noisy
 
 
-def reverse_kl_gap_bound(student: torch.Tensor, exact: torch.Tensor, approx: torch.Tensor, covered: torch.Tensor, temperature: float) -> torch.Tensor:
+def reverse_kl_gap_bound(
+    student: torch.Tensor, exact: torch.Tensor, approx: torch.Tensor, covered: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Per-row bound [N] on |T^2 KL(s||q^) - T^2 KL(s||q)| when approx == exact on `covered` [N, V] (module doc)."""
     t = temperature
     log_z = torch.logsumexp(exact.double() / t, dim=-1)  # [N]

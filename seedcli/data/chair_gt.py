@@ -26,7 +26,9 @@ def sample_chair_ids(pool: Iterable[int], n_images: int, seed: int, *, allow_few
     """A seeded sample of `n_images` ids from `pool` (order of the draw)."""
     ids = sorted(set(pool))
     if len(ids) < n_images and not allow_fewer:
-        raise DataError(f"--chair-images {n_images}: only {len(ids)} captioned images are available; lower --chair-images.")
+        raise DataError(
+            f"--chair-images {n_images}: only {len(ids)} captioned images are available; lower --chair-images."
+        )
     return random.Random(seed).sample(ids, min(n_images, len(ids)))
 
 

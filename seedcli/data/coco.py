@@ -92,7 +92,9 @@ def read_json(path: Path, *, flag: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{flag} {path}: invalid JSON at line {exc.lineno} column {exc.colno} (character {exc.pos}): {exc.msg}.") from None
+        raise DataError(
+            f"{flag} {path}: invalid JSON at line {exc.lineno} column {exc.colno} (character {exc.pos}): {exc.msg}."
+        ) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{flag} {path}: not UTF-8 text (byte {exc.start}).") from None
 

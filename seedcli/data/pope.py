@@ -149,7 +149,9 @@ def build_pope(
                         fallbacks[split] += 1
                 asked.add(negative)
                 for name, label in ((positive, "yes"), (negative, "no")):
-                    questions.append(PopeQuestion(len(questions) + 1, image, question_text(name, template), label, name))
+                    questions.append(
+                        PopeQuestion(len(questions) + 1, image, question_text(name, template), label, name)
+                    )
         splits[split] = tuple(questions)
     return PopeSet(image_ids=tuple(selected), splits=splits, fallbacks=fallbacks)
 

@@ -25,7 +25,17 @@ from seedcli.data.pope_hub import IMAGE_DIR, is_hub_layout
 from seedcli.errors import DataError
 from seedcli.reporting import Reporter
 
-COUNT_ORDER = ("read", "train", "not_sampled", "renamed_ids", "pope_images", "pope_random", "pope_popular", "pope_adversarial", "chair_images")
+COUNT_ORDER = (
+    "read",
+    "train",
+    "not_sampled",
+    "renamed_ids",
+    "pope_images",
+    "pope_random",
+    "pope_popular",
+    "pope_adversarial",
+    "chair_images",
+)
 WORLD_DIR = "images"
 """Where the synthetic world is built inside the data directory (excluded from checksums)."""
 
@@ -77,22 +87,37 @@ def resolve_sources(cfg: PrepareConfig) -> Sources:
     """Check the real-data inputs that `cfg` needs; each error names its flag and the path tried."""
     instruct_json = train_images = instances = captions = eval_images = None
     if cfg.train:
-        instruct_json = _file(cfg.instruct, "--instruct", "pass --instruct PATH to llava_instruct_150k.json (or --no-train).")
+        instruct_json = _file(
+            cfg.instruct, "--instruct", "pass --instruct PATH to llava_instruct_150k.json (or --no-train)."
+        )
         if cfg.images is None:
             train_images = next((d for d in DEFAULT_TRAIN_IMAGE_DIRS if d.is_dir()), None)
             if train_images is None:
                 tried = " nor ".join(str(d) for d in DEFAULT_TRAIN_IMAGE_DIRS)
                 raise DataError(f"--images: neither {tried} exists; pass --images DIR with the COCO training images.")
         else:
-            train_images = _directory(cfg.images, "--images", "pass --images DIR with the COCO train2014 or train2017 images.")
-    skip = "pass --coco-annotations DIR, or skip the evaluation sets with --no-pope --no-chair (--pope-from DIR imports POPE)."
+            train_images = _directory(
+                cfg.images, "--images", "pass --images DIR with the COCO train2014 or train2017 images."
+            )
+    skip = (
+        "pass --coco-annotations DIR, or skip the evaluation sets with --no-pope --no-chair "
+        "(--pope-from DIR imports POPE)."
+    )
     if cfg.chair or (cfg.pope and cfg.pope_from is None):
         annotations = _directory(cfg.coco_annotations, "--coco-annotations", skip)
         instances = _file(annotations / coco.INSTANCES_FILE, "--coco-annotations", skip)
         if cfg.chair:
-            captions = _file(annotations / coco.CAPTIONS_FILE, "--coco-annotations", "CHAIR needs the reference captions; or pass --no-chair.")
+            captions = _file(
+                annotations / coco.CAPTIONS_FILE,
+                "--coco-annotations",
+                "CHAIR needs the reference captions; or pass --no-chair.",
+            )
     if cfg.chair or (cfg.pope and not is_hub_layout(cfg.pope_from)):  # the hub's POPE parquet embeds its images
-        eval_images = _directory(cfg.coco_images, "--coco-images", "pass --coco-images DIR with the COCO val2014 images, or --no-pope --no-chair.")
+        eval_images = _directory(
+            cfg.coco_images,
+            "--coco-images",
+            "pass --coco-images DIR with the COCO val2014 images, or --no-pope --no-chair.",
+        )
     return Sources(instruct_json, train_images, instances, captions, eval_images, cfg.pope_from if cfg.pope else None)
 
 
@@ -136,7 +161,10 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
 
         instances = coco.load_instances(sources.instances) if sources.instances else None
         if instances is not None:
-            source["instances"] = {"path": _stored(sources.instances, stage, relative), "sha256": sha256_file(sources.instances)}
+            source["instances"] = {
+                "path": _stored(sources.instances, stage, relative),
+                "sha256": sha256_file(sources.instances),
+            }
         eval_ids: set[int] = set()
         eval_names: set[str] = set()
 
@@ -154,12 +182,17 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
         if eval_names:
             missing = _missing_images(sources.eval_images, eval_names)  # type: ignore[arg-type]
             if missing:
-                findings.warn(f"{missing} of {len(eval_names)} POPE/CHAIR images are not in --coco-images {sources.eval_images}; `seed evaluate` will need them.")
+                findings.warn(
+                    f"{missing} of {len(eval_names)} POPE/CHAIR images are not in --coco-images "
+                    f"{sources.eval_images}; `seed evaluate` will need them."
+                )
 
         if cfg.train:
             assert sources.instruct is not None and sources.train_images is not None
             if not eval_ids:
-                findings.warn("No evaluation sets were prepared, so no training record was checked for overlap with them.")
+                findings.warn(
+                    "No evaluation sets were prepared, so no training record was checked for overlap with them."
+                )
             _train(cfg, sources, frozenset(eval_ids), stage, reporter, counts, dropped, findings, source)
             roots["train"] = _stored(sources.train_images, stage, relative)
 
@@ -168,8 +201,13 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
 
             counts.update(build_detect_sets(stage / "detect", seed=cfg.seed, reporter=reporter))
             source["detect"] = "detect"
-        counts = {key: counts[key] for key in sorted(counts, key=lambda k: COUNT_ORDER.index(k) if k in COUNT_ORDER else len(COUNT_ORDER))}
-        manifest = write_manifest(stage, source=source, seed=cfg.seed, counts=counts, dropped=dict(dropped), image_roots=roots, extra=extra)
+        counts = {
+            key: counts[key]
+            for key in sorted(counts, key=lambda k: COUNT_ORDER.index(k) if k in COUNT_ORDER else len(COUNT_ORDER))
+        }
+        manifest = write_manifest(
+            stage, source=source, seed=cfg.seed, counts=counts, dropped=dict(dropped), image_roots=roots, extra=extra
+        )
 
     return {
         "out": str(out.resolve()),
@@ -204,7 +242,9 @@ def _stored(path: Path, stage: Path, relative: bool) -> str:
     return os.path.relpath(path, stage) if relative else str(path.resolve())
 
 
-def _build_world(cfg: PrepareConfig, stage: Path, reporter: Reporter, source: dict[str, Any], findings: Findings) -> Sources:
+def _build_world(
+    cfg: PrepareConfig, stage: Path, reporter: Reporter, source: dict[str, Any], findings: Findings
+) -> Sources:
     from seedcli.data.synthetic import Mix, build_world
 
     knobs = cfg.world_knobs()
@@ -250,7 +290,8 @@ def _pope(
             findings.warn(warning)
         pope.write_pope(stage, imported.splits)
         source["pope_from"] = {
-            split: {"path": report["file"], "sha256": sha256_file(Path(report["file"]))} for split, report in imported.report.items()
+            split: {"path": report["file"], "sha256": sha256_file(Path(report["file"]))}
+            for split, report in imported.report.items()
         }
         extra["pope_import"] = dict(imported.report)
         for split, rows in imported.splits.items():
@@ -259,7 +300,9 @@ def _pope(
         ids = imported.image_ids()
         unnamed = len({n for n in names if coco.image_id_from_name(n) is None})
         if unnamed:
-            findings.note(f"{unnamed} imported POPE images have no COCO id in their name; the leakage guard cannot check them.")
+            findings.note(
+                f"{unnamed} imported POPE images have no COCO id in their name; the leakage guard cannot check them."
+            )
         counts["pope_images"] = len(names)
         # Embedded images are in the data directory, not in --coco-images.
         return ids, names if imported.image_root is None else set()
@@ -274,14 +317,17 @@ def _pope(
     )
     if len(built.image_ids) < cfg.pope_images:
         findings.note(
-            f"POPE uses {len(built.image_ids)} images: --pope-images {cfg.pope_images} is more than the evaluation images "
+            f"POPE uses {len(built.image_ids)} images: --pope-images {cfg.pope_images} is more than the evaluation "
+            "images "
             f"with at least {cfg.pope_objects} object categories."
         )
     pope.write_pope(stage, {split: [q.to_row() for q in built.splits[split]] for split in POPE_SPLITS})
     for split in POPE_SPLITS:
         counts[f"pope_{split}"] = len(built.splits[split])
         if built.fallbacks.get(split):
-            findings.note(f"POPE {split}: {built.fallbacks[split]} negatives fell back to a random draw (no eligible name).")
+            findings.note(
+                f"POPE {split}: {built.fallbacks[split]} negatives fell back to a random draw (no eligible name)."
+            )
     counts["pope_images"] = len(built.image_ids)
     extra["pope_fallbacks"] = dict(built.fallbacks)
     return set(built.image_ids), {instances.images[i] for i in built.image_ids}
@@ -299,11 +345,17 @@ def _chair(
     """Sample the CHAIR images and write their ground truth into `stage`; returns their ids and names."""
     assert instances is not None and sources.captions is not None
     captions = coco.load_captions(sources.captions)
-    source["captions"] = {"path": _stored(sources.captions, stage, cfg.synthetic), "sha256": sha256_file(sources.captions)}
+    source["captions"] = {
+        "path": _stored(sources.captions, stage, cfg.synthetic),
+        "sha256": sha256_file(sources.captions),
+    }
     pool = set(captions) & set(instances.images)
     chair_ids = chair_gt.sample_chair_ids(pool, cfg.chair_images, cfg.seed, allow_fewer=cfg.synthetic)
     if len(chair_ids) < cfg.chair_images:
-        findings.note(f"CHAIR uses {len(chair_ids)} images: --chair-images {cfg.chair_images} is more than the {len(pool)} captioned evaluation images.")
+        findings.note(
+            f"CHAIR uses {len(chair_ids)} images: --chair-images {cfg.chair_images} is more than the {len(pool)} "
+            "captioned evaluation images."
+        )
     rows = chair_gt.chair_rows(chair_ids, instances.objects, captions, instances.images)
     chair_gt.write_chair(stage, rows)
     counts["chair_images"] = len(rows)
@@ -324,7 +376,11 @@ def _train(
     """Convert, filter and sample the training conversations into `stage`/train."""
     assert sources.instruct is not None and sources.train_images is not None
     scan = instruct.scan_instruct(
-        sources.instruct, sources.train_images, eval_ids=eval_ids, allow_eval_overlap=cfg.allow_eval_overlap, reporter=reporter
+        sources.instruct,
+        sources.train_images,
+        eval_ids=eval_ids,
+        allow_eval_overlap=cfg.allow_eval_overlap,
+        reporter=reporter,
     )
     dropped.update(scan.dropped)
     workers = cfg.workers or instruct.default_workers()
@@ -340,7 +396,10 @@ def _train(
     dropped["image_unreadable"] += unreadable
     if not records:
         reasons = ", ".join(f"{reason} {n}" for reason, n in dropped.items() if n) or "the file holds no records"
-        raise DataError(f"--instruct {sources.instruct}: no usable training record ({reasons}); check --images {sources.train_images}.")
+        raise DataError(
+            f"--instruct {sources.instruct}: no usable training record ({reasons}); check --images "
+            f"{sources.train_images}."
+        )
     if scan.dropped["image_missing"]:
         findings.warn(
             f"{scan.dropped['image_missing']} records name images missing from --images {sources.train_images} "

@@ -554,7 +554,8 @@ def _check_args(n_images: int, cooccurrence: float, eval_fraction: float, image_
         raise ConfigError(f"eval_fraction must be in (0, 1) (got {eval_fraction}).")
     if n_images < 2 or round(n_images * eval_fraction) < 1 or n_images - round(n_images * eval_fraction) < 1:
         raise ConfigError(
-            f"--synthetic-images {n_images} leaves no training or no evaluation image at eval_fraction {eval_fraction}; render more images."
+            f"--synthetic-images {n_images} leaves no training or no evaluation image at eval_fraction "
+            f"{eval_fraction}; render more images."
         )
     if n_images >= MAX_IMAGE_ID:
         raise ConfigError(f"--synthetic-images must be below {MAX_IMAGE_ID} (got {n_images}).")

@@ -65,7 +65,26 @@ _IRREGULAR_PLURALS = {
     "heroes": "hero", "volcanoes": "volcano", "echoes": "echo",
 }  # fmt: skip
 # Words that end like a plural but are not one (or have no singular).
-_INVARIANT = frozenset({"bus", "glass", "grass", "dress", "gas", "series", "species", "news", "scissors", "pants", "jeans", "shorts", "trousers", "clothes", "physics", "mathematics"})
+_INVARIANT = frozenset(
+    {
+        "bus",
+        "glass",
+        "grass",
+        "dress",
+        "gas",
+        "series",
+        "species",
+        "news",
+        "scissors",
+        "pants",
+        "jeans",
+        "shorts",
+        "trousers",
+        "clothes",
+        "physics",
+        "mathematics",
+    }
+)
 # -men words that are not plurals of -man.
 _NOT_MEN_PLURALS = frozenset({"specimen", "abdomen", "omen", "ramen", "semen", "stamen", "regimen", "hymen", "amen"})
 # Plural endings that drop "es" (glasses, benches, dishes, boxes, buzzes); other -es words drop "s".
@@ -125,9 +144,9 @@ def singularize(word: str) -> str:
     Order: a single-word table entry is kept ("people", "children", "oxen", "skis", "bus" map to
     their categories as written); an irregular plural is looked up ("men" -> "man", "knives" ->
     "knife", "mice" -> "mouse"); invariants stay ("glass", "grass", "dress", "series"); "-men" ->
-    "-man" ("policemen"), "-children" -> "-child"; a word whose form without the final "s" is a table word loses it ("tvs",
-    "collies", "doggies"); words of three letters or fewer and words ending in "ss", "us", "is"
-    stay; "-ies" -> "-y" ("ponies"); "-sses/-ches/-shes/-xes/-zzes" lose "es" ("glasses",
+    "-man" ("policemen"), "-children" -> "-child"; a word whose form without the final "s" is a
+    table word loses it ("tvs", "collies", "doggies"); words of three letters or fewer and words
+    ending in "ss", "us", "is" stay; "-ies" -> "-y" ("ponies"); "-sses/-ches/-shes/-xes/-zzes" lose "es" ("glasses",
     "benches", "dishes", "boxes"); "-buses" -> "-bus"; any other final "s" is dropped ("stoves").
     """
     table = _table_words()
@@ -231,7 +250,8 @@ def _check_items(items: Sequence[dict[str, Any]]) -> None:
         unknown = sorted(set(item["gt_objects"]) - known)
         if unknown:
             raise DataError(
-                f"image {item['image_id']!r}: ground truth {', '.join(unknown)} not COCO categories; map objects through the synonym table first."
+                f"image {item['image_id']!r}: ground truth {', '.join(unknown)} not COCO categories; map objects "
+                "through the synonym table first."
             )
 
 
@@ -293,7 +313,11 @@ def chair_metrics(
         "n_gt_mentioned": n_gt_mentioned,
     }
     if bootstrap:
-        result["chair_s_ci_pct"] = bootstrap_ci(per_image, _chair_s, n_resamples=bootstrap, seed=seed, confidence=confidence)
-        result["chair_i_ci_pct"] = bootstrap_ci(per_image, _chair_i, n_resamples=bootstrap, seed=seed, confidence=confidence)
+        result["chair_s_ci_pct"] = bootstrap_ci(
+            per_image, _chair_s, n_resamples=bootstrap, seed=seed, confidence=confidence
+        )
+        result["chair_i_ci_pct"] = bootstrap_ci(
+            per_image, _chair_i, n_resamples=bootstrap, seed=seed, confidence=confidence
+        )
     result["per_image"] = per_image
     return result

@@ -60,7 +60,19 @@ _HEDGES = (
 )
 _YES_WORDS = (r"yes", r"yeah", r"yep", r"yup")
 # Any word ending in n't (isn't, aren't, don't, can't, won't, ...) negates.
-_NO_WORDS = (r"no", r"not", r"none", r"nothing", r"nope", r"never", r"nobody", r"neither", r"nor", r"cannot", r"[a-z]+n't")
+_NO_WORDS = (
+    r"no",
+    r"not",
+    r"none",
+    r"nothing",
+    r"nope",
+    r"never",
+    r"nobody",
+    r"neither",
+    r"nor",
+    r"cannot",
+    r"[a-z]+n't",
+)
 _DECISIVE = re.compile(
     r"\b(?:(?P<hedge>{})|(?P<yes>{})|(?P<no>{}))\b".format("|".join(_HEDGES), "|".join(_YES_WORDS), "|".join(_NO_WORDS))
 )
@@ -135,7 +147,9 @@ def _read_jsonl_objects(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not valid JSON ({error.msg}); expected one JSON object per line.") from None
+            raise DataError(
+                f"{path}:{number}: not valid JSON ({error.msg}); expected one JSON object per line."
+            ) from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}.")
         yield number, row
@@ -151,7 +165,9 @@ def load_questions(path: str | Path, *, reporter: Reporter | None = None) -> lis
     """
     questions, typo_lines = read_questions(path)
     if typo_lines:
-        (reporter or NullReporter()).warn(f"{path}: {typo_lines} line(s) use the misspelt key '{IMAGE_TYPO}'; read as 'image'.")
+        (reporter or NullReporter()).warn(
+            f"{path}: {typo_lines} line(s) use the misspelt key '{IMAGE_TYPO}'; read as 'image'."
+        )
     return questions
 
 
@@ -171,14 +187,18 @@ def read_questions(path: str | Path) -> tuple[list[dict[str, Any]], int]:
             typo_lines += 1
         missing = [name for name in QUESTION_FIELDS if name not in row]
         if missing:
-            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)}; POPE lines need {', '.join(QUESTION_FIELDS)}.")
+            raise DataError(
+                f"{path}:{number}: missing field(s) {', '.join(missing)}; POPE lines need {', '.join(QUESTION_FIELDS)}."
+            )
         if not _valid_id(row["question_id"]):
             raise DataError(f"{path}:{number}: question_id must be an integer or string, got {row['question_id']!r}.")
         if row["label"] not in LABELS:
             raise DataError(f"{path}:{number}: label must be 'yes' or 'no', got {row['label']!r}.")
         key = _id_key(row["question_id"])
         if key in first_line:
-            raise DataError(f"{path}:{number}: duplicate question_id {row['question_id']!r} (first on line {first_line[key]}).")
+            raise DataError(
+                f"{path}:{number}: duplicate question_id {row['question_id']!r} (first on line {first_line[key]})."
+            )
         first_line[key] = number
         questions.append(row)
     if not questions:
@@ -198,7 +218,9 @@ def load_answers(path: str | Path) -> list[dict[str, Any]]:
     for number, row in _read_jsonl_objects(path):
         missing = [name for name in ANSWER_FIELDS if name not in row]
         if missing:
-            raise DataError(f"{path}:{number}: missing field(s) {', '.join(missing)}; answer lines need {', '.join(ANSWER_FIELDS)}.")
+            raise DataError(
+                f"{path}:{number}: missing field(s) {', '.join(missing)}; answer lines need {', '.join(ANSWER_FIELDS)}."
+            )
         if not _valid_id(row["question_id"]):
             raise DataError(f"{path}:{number}: question_id must be an integer or string, got {row['question_id']!r}.")
         if not isinstance(row["text"], str):
@@ -232,7 +254,8 @@ def join_by_id(
     duplicate_questions = [qid for qid, count in question_counts.items() if count > 1]
     if duplicate_questions:
         raise DataError(
-            f"questions contain {len(duplicate_questions)} duplicate question_id(s) (e.g. {_examples(duplicate_questions)}); each id must be unique."
+            f"questions contain {len(duplicate_questions)} duplicate question_id(s) (e.g. "
+            f"{_examples(duplicate_questions)}); each id must be unique."
         )
     answer_by_id: dict[str, dict[str, Any]] = {}
     duplicate_answers: list[Any] = []
@@ -244,12 +267,14 @@ def join_by_id(
     if duplicate_answers:
         unique = list(dict.fromkeys(duplicate_answers))
         raise DataError(
-            f"answers contain {len(unique)} question_id(s) answered more than once (e.g. {_examples(unique)}); keep one answer per question."
+            f"answers contain {len(unique)} question_id(s) answered more than once (e.g. {_examples(unique)}); keep "
+            "one answer per question."
         )
     unknown = [answer["question_id"] for answer in answers if _id_key(answer["question_id"]) not in question_counts]
     if unknown:
         raise DataError(
-            f"{len(unknown)} of {len(answers)} answers have question_ids not in the {len(questions)} questions (e.g. {_examples(unknown)}); "
+            f"{len(unknown)} of {len(answers)} answers have question_ids not in the {len(questions)} questions (e.g. "
+            f"{_examples(unknown)}); "
             "the answers belong to another question file."
         )
     missing = [q["question_id"] for q in questions if _id_key(q["question_id"]) not in answer_by_id]
@@ -259,7 +284,10 @@ def join_by_id(
             "finish generation or allow missing answers to score only the answered ones."
         )
     if missing:
-        reporter.warn(f"{len(missing)} of {len(questions)} questions have no answer (e.g. {_examples(missing)}); scoring the {len(questions) - len(missing)} answered ones.")
+        reporter.warn(
+            f"{len(missing)} of {len(questions)} questions have no answer (e.g. {_examples(missing)}); scoring the "
+            f"{len(questions) - len(missing)} answered ones."
+        )
     return [
         {**question, "answer": answer_by_id[_id_key(question["question_id"])]["text"]}
         for question in questions
@@ -269,7 +297,9 @@ def join_by_id(
 
 def _check_labels(preds: Sequence[str | None], labels: Sequence[str]) -> None:
     if len(preds) != len(labels):
-        raise DataError(f"predictions and labels differ in length ({len(preds)} vs {len(labels)}); join them by question_id first.")
+        raise DataError(
+            f"predictions and labels differ in length ({len(preds)} vs {len(labels)}); join them by question_id first."
+        )
     bad_labels = sorted({repr(label) for label in labels if label not in LABELS})
     if bad_labels:
         raise DataError(f"labels must be 'yes' or 'no', got {', '.join(bad_labels[:EXAMPLE_IDS])}.")

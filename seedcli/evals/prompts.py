@@ -46,7 +46,9 @@ def pope_prompt(question: str, suffix: str) -> str:
 
 def chat_template(processor: Any) -> str | None:
     """The chat template the processor renders prompts with (recorded in results)."""
-    return getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None), "chat_template", None)
+    return getattr(processor, "chat_template", None) or getattr(
+        getattr(processor, "tokenizer", None), "chat_template", None
+    )
 
 
 def render_prompt(processor: Any, family: Any, prompt: str) -> str:

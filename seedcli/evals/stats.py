@@ -45,7 +45,8 @@ def paired_mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict
     """
     if len(correct_a) != len(correct_b):
         raise DataError(
-            f"paired_mcnemar needs aligned vectors, got {len(correct_a)} and {len(correct_b)} items; join both by item id first."
+            f"paired_mcnemar needs aligned vectors, got {len(correct_a)} and {len(correct_b)} items; join both by "
+            "item id first."
         )
     b = c = both_correct = both_wrong = 0
     for a_ok, b_ok in zip(correct_a, correct_b, strict=True):

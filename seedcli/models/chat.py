@@ -39,7 +39,9 @@ class Encoded:
         return sum(1 for label in self.labels if label != IGNORE)
 
 
-def template_messages(messages: list[dict[str, str]], *, family: Family, eos_token: str | None, with_image: bool = True) -> list[dict[str, Any]]:
+def template_messages(
+    messages: list[dict[str, str]], *, family: Family, eos_token: str | None, with_image: bool = True
+) -> list[dict[str, Any]]:
     """Stored {role, content} messages -> chat-template messages with the image in the first user turn."""
     out: list[dict[str, Any]] = []
     image_placed = not with_image
@@ -49,7 +51,12 @@ def template_messages(messages: list[dict[str, str]], *, family: Family, eos_tok
         if message["role"] == "user" and not image_placed:
             parts.append({"type": "image"})
             image_placed = True
-        if message["role"] == "assistant" and family.append_eos_to_assistant and eos_token and not text.endswith(eos_token):
+        if (
+            message["role"] == "assistant"
+            and family.append_eos_to_assistant
+            and eos_token
+            and not text.endswith(eos_token)
+        ):
             text = text + eos_token
         parts.append({"type": "text", "text": text})
         out.append({"role": message["role"], "content": parts})
@@ -76,7 +83,10 @@ def assistant_char_spans(processor: Any, messages: list[dict[str, Any]]) -> tupl
         before = _render(processor, messages[:i], generation_prompt=True)
         through = _render(processor, messages[: i + 1], generation_prompt=False)
         if not (through.startswith(before) and full.startswith(through)):
-            raise DataError("the chat template does not render conversations prefix-stably; it needs {% generation %} markers for label masks.")
+            raise DataError(
+                "the chat template does not render conversations prefix-stably; it needs {% generation %} markers for "
+                "label masks."
+            )
         spans.append((len(before), len(through)))
     return full, spans
 
@@ -86,7 +96,9 @@ def _unexpanded_labels(processor: Any, messages: list[dict[str, Any]]) -> tuple[
     tokenizer = processor.tokenizer
     if has_generation_markers(processor):
         template = getattr(processor, "chat_template", None)
-        out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        out = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         text = _render(processor, messages, generation_prompt=False)
         ids = list(out["input_ids"])
         mask = list(out["assistant_masks"])
@@ -139,11 +151,17 @@ def encode(
     image_end = p + inserted
     if max_length is not None and len(expanded) > max_length:
         if max_length < image_end + 1:
-            raise DataError(f"{where}: --max-length {max_length} would cut through the image tokens (they end at {image_end}); raise it.")
+            raise DataError(
+                f"{where}: --max-length {max_length} would cut through the image tokens (they end at {image_end}); "
+                "raise it."
+            )
         expanded, full_labels = expanded[:max_length], full_labels[:max_length]
         token_inputs = {k: v[:max_length] for k, v in token_inputs.items()}
     if not any(label != IGNORE for label in full_labels):
-        raise DataError(f"{where}: no supervised (assistant) tokens after encoding; the conversation has no answer or --max-length cut it off.")
+        raise DataError(
+            f"{where}: no supervised (assistant) tokens after encoding; the conversation has no answer or "
+            "--max-length cut it off."
+        )
     vision = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", *family.token_inputs)}
     return Encoded(input_ids=expanded, labels=full_labels, token_inputs=token_inputs, vision=vision)
 

@@ -47,7 +47,9 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but torch sees no CUDA device; use --device cpu or check `seed env`.")
+        raise ConfigError(
+            "--device cuda was requested but torch sees no CUDA device; use --device cpu or check `seed env`."
+        )
     return name
 
 
@@ -61,12 +63,21 @@ def _quantization_config(quantization: str, family: Family, dtype: Any) -> Any:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:
-        raise ModelError(f"--quantization {quantization} needs a working bitsandbytes ({type(exc).__name__}: {exc}); install it or use --quantization none.") from None
+        raise ModelError(
+            f"--quantization {quantization} needs a working bitsandbytes ({type(exc).__name__}: {exc}); install it or "
+            "use --quantization none."
+        ) from None
     # Recent transformers match skip patterns from the start of the module name (regex) or as a
     # suffix, older ones as substrings: give each name in both forms so every version skips it.
     skip = [form for name in family.skip_quantization for form in (name, f".*{name}")]
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True, llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=skip,
+        )
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
@@ -88,7 +99,11 @@ def load_processor(source: str, family: Family, *, trust_remote_code: bool = Fal
         log.warning("stock Qwen2-VL processor unavailable (%s); using the image-only processor", exc)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-        return Qwen2VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=getattr(tokenizer, "chat_template", None))
+        return Qwen2VLImageOnlyProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            chat_template=getattr(tokenizer, "chat_template", None),
+        )
 
 
 def model_config(source: str, *, trust_remote_code: bool = False) -> Any:
@@ -98,9 +113,14 @@ def model_config(source: str, *, trust_remote_code: bool = False) -> Any:
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise ModelError(f"cannot read the config of {source!r}: {str(exc).splitlines()[0]} (offline? download it first or pass a local directory).") from None
+        raise ModelError(
+            f"cannot read the config of {source!r}: {str(exc).splitlines()[0]} (offline? download it first or pass a "
+            "local directory)."
+        ) from None
     except ValueError as exc:
-        raise ModelError(f"cannot read the config of {source!r}: {str(exc).splitlines()[0]} (custom code needs --trust-remote-code).") from None
+        raise ModelError(
+            f"cannot read the config of {source!r}: {str(exc).splitlines()[0]} (custom code needs --trust-remote-code)."
+        ) from None
 
 
 def load(
@@ -140,4 +160,12 @@ def load(
         model.to(device_name)
     model.eval()
     processor = load_processor(ref.source, family, trust_remote_code=trust_remote_code)
-    return Loaded(model=model, processor=processor, family=family, ref=ref, dtype=torch_dtype, device=torch.device(device_name), quantization=quantization)
+    return Loaded(
+        model=model,
+        processor=processor,
+        family=family,
+        ref=ref,
+        dtype=torch_dtype,
+        device=torch.device(device_name),
+        quantization=quantization,
+    )

@@ -24,7 +24,16 @@ IMAGE_SIZE = 32
 BUILD_VERSION = 1  # bump when the builders change, so caches are rebuilt
 
 LLAVA_SPECIAL = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
-QWEN_SPECIAL = ("<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_SPECIAL = (
+    "<unk>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 # Chat templates in the style of the real checkpoints: LLaVA-1.5 ("USER: <image>\n... ASSISTANT:")
 # and Qwen2-VL (ChatML with vision markers). Neither uses generation markers, like the originals.
@@ -59,7 +68,13 @@ BASE_WORDS = (
 ).split()
 PUNCTUATION = tuple(". , ? ! ' \" : ; - ( ) / \n".split(" ")) + ("\n",)
 
-TEXT_SIZES: dict[str, Any] = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4}
+TEXT_SIZES: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+}
 VISION_SIZES: dict[str, Any] = {"depth": 2, "embed_dim": 64, "num_heads": 4}
 
 
@@ -152,8 +167,24 @@ def _build_llava(out: Path) -> None:
     tokenizer = _tokenizer(LLAVA_SPECIAL, {"image_token": "<image>"}, eos="</s>", pad="<pad>", bos="<s>")
     vocab = len(tokenizer)
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8, projection_dim=64),
-        text_config=LlamaConfig(vocab_size=vocab, max_position_embeddings=512, pad_token_id=1, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False, **TEXT_SIZES),
+        vision_config=CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            projection_dim=64,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=vocab,
+            max_position_embeddings=512,
+            pad_token_id=1,
+            bos_token_id=2,
+            eos_token_id=3,
+            tie_word_embeddings=False,
+            **TEXT_SIZES,
+        ),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
@@ -164,7 +195,9 @@ def _build_llava(out: Path) -> None:
     model.generation_config.pad_token_id = 1
     model.generation_config.eos_token_id = 3
     model.generation_config.bos_token_id = 2
-    image_processor = LlavaImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    image_processor = LlavaImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -194,7 +227,11 @@ def _build_qwen2_vl(
     tokenizer = _tokenizer(QWEN_SPECIAL, tokens, eos="<|im_end|>", pad="<|endoftext|>", bos=None, extra=extra_words)
     ids = tokenizer.convert_tokens_to_ids
     head_dim = text["hidden_size"] // text["num_attention_heads"]
-    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # sums to head_dim / 2, Qwen2-VL's 16/24/24 proportions
+    section = [
+        head_dim // 8,
+        3 * head_dim // 16,
+        3 * head_dim // 16,
+    ]  # sums to head_dim / 2, Qwen2-VL's 16/24/24 proportions
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -231,7 +268,9 @@ def _build_qwen2_vl(
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=pixels, max_pixels=pixels, patch_size=4, merge_size=2, temporal_patch_size=2
     )
-    processor = Qwen2VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+    processor = Qwen2VLImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE
+    )
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
@@ -253,7 +292,14 @@ def fingerprint(name: str) -> str:
     """Short hash of everything a tiny model is built from."""
     import transformers
 
-    spec = {"name": name, "version": BUILD_VERSION, "vocab": _word_list(), "text": TEXT_SIZES, "image": IMAGE_SIZE, "transformers": transformers.__version__.split(".")[0]}
+    spec = {
+        "name": name,
+        "version": BUILD_VERSION,
+        "vocab": _word_list(),
+        "text": TEXT_SIZES,
+        "image": IMAGE_SIZE,
+        "transformers": transformers.__version__.split(".")[0],
+    }
     if name in RUNGS:
         # Rungs are keyed by their own sizes and vocabulary; the two original models keep their keys.
         rung = RUNGS[name]

@@ -26,7 +26,21 @@ def _needs_cuda() -> None:
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_distill_on_cuda_bf16(model: str, quantization: str, tmp_path: Path) -> None:
     data = write_train_data(tmp_path / "data")
-    cfg = DistillConfig(model=model, data=str(data), out=str(tmp_path / "run"), device="cuda", dtype="bf16", quantization=quantization, max_steps=4, batch_size=2, grad_accum=2, lr=1e-3, lora_r=8, lora_alpha=16, log_every=1)
+    cfg = DistillConfig(
+        model=model,
+        data=str(data),
+        out=str(tmp_path / "run"),
+        device="cuda",
+        dtype="bf16",
+        quantization=quantization,
+        max_steps=4,
+        batch_size=2,
+        grad_accum=2,
+        lr=1e-3,
+        lora_r=8,
+        lora_alpha=16,
+        log_every=1,
+    )
     summary = distill(cfg, NullReporter())
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor([r["loss"], r["kl"]])).all() for r in rows)

@@ -23,7 +23,9 @@ CUP = "COCO_val2014_000000000002.png"
 FIXED_ANSWER = "There is a dog and a frisbee."
 
 
-def make_data(root: Path, chair: dict[str, list[str]] | None = None, pope: list[tuple[str, str, str]] | None = None) -> Path:
+def make_data(
+    root: Path, chair: dict[str, list[str]] | None = None, pope: list[tuple[str, str, str]] | None = None
+) -> Path:
     """A data directory per seedcli.data.datadir: CHAIR rows {name: objects}, POPE rows (name, object, label)."""
     images = root / "images"
     names = sorted(set(chair or {}) | {name for name, _, _ in pope or []})
@@ -32,12 +34,17 @@ def make_data(root: Path, chair: dict[str, list[str]] | None = None, pope: list[
     roots = {}
     if chair is not None:
         (root / "chair").mkdir(parents=True)
-        rows = [{"image_id": i + 1, "image": name, "objects": objects} for i, (name, objects) in enumerate(chair.items())]
+        rows = [
+            {"image_id": i + 1, "image": name, "objects": objects} for i, (name, objects) in enumerate(chair.items())
+        ]
         (root / "chair/images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         roots["chair"] = "images"
     if pope is not None:
         (root / "pope").mkdir(parents=True)
-        rows = [{"question_id": i + 1, "image": name, "text": f"Is there a {obj} in the image?", "label": label} for i, (name, obj, label) in enumerate(pope)]
+        rows = [
+            {"question_id": i + 1, "image": name, "text": f"Is there a {obj} in the image?", "label": label}
+            for i, (name, obj, label) in enumerate(pope)
+        ]
         (root / "pope/coco_pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
         roots["pope"] = "images"
     manifest = {"format": "seedcli-data", "version": 1, "source": {"kind": "test"}, "image_roots": roots, "files": {}}
@@ -86,7 +93,14 @@ def test_demo_renders_for_tiny_model(tmp_path: Path, cli) -> None:
     greedy = Decoding(mode="greedy", max_new_tokens=6)
     base = generate(loaded.model, loaded.processor, loaded.family, prompts, images, greedy)
     with torch.no_grad():
-        seed = generate(PeftModel.from_pretrained(loaded.model, str(run / "adapter")).eval(), loaded.processor, loaded.family, prompts, images, greedy)
+        seed = generate(
+            PeftModel.from_pretrained(loaded.model, str(run / "adapter")).eval(),
+            loaded.processor,
+            loaded.family,
+            prompts,
+            images,
+            greedy,
+        )
     assert [r["answers"][0]["text"] for r in results] == base
     assert [r["answers"][1]["text"] for r in results] == seed
     assert base != seed, "the adapter must change the answers for this test to mean anything"
@@ -112,7 +126,10 @@ def test_demo_marks_hallucinated_object(tmp_path: Path, cli, fixed_answers) -> N
     assert known["truth"] == {"present": ["dog"], "absent": [], "complete": True, "source": "chair"}
     assert [a["label"] for a in known["answers"]] == ["base", "SEED", "base + VCD"]
     for answer in known["answers"]:
-        assert [(o["category"], o["status"]) for o in answer["objects"]] == [("dog", "present"), ("frisbee", "hallucinated")]
+        assert [(o["category"], o["status"]) for o in answer["objects"]] == [
+            ("dog", "present"),
+            ("frisbee", "hallucinated"),
+        ]
         assert [FIXED_ANSWER[slice(*o["span"])] for o in answer["objects"]] == ["dog", "frisbee"]
         assert answer["hallucinated"] == ["frisbee"]
     assert unknown["truth"] is None
@@ -131,9 +148,16 @@ def test_pope_truth_is_partial() -> None:
     from seedcli.demo import ground_truth_index, mark_answer, segments
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_data(Path(tmp) / "data", pope=[(DOG, "dog", "yes"), (DOG, "frisbee", "no"), (DOG, "dining table", "no")])
+        data = make_data(
+            Path(tmp) / "data", pope=[(DOG, "dog", "yes"), (DOG, "frisbee", "no"), (DOG, "dining table", "no")]
+        )
         truth = ground_truth_index(open_data_dir(data))[DOG]
-    assert (truth.present, truth.absent, truth.complete, truth.source) == ({"dog"}, {"frisbee", "dining table"}, False, "pope")
+    assert (truth.present, truth.absent, truth.complete, truth.source) == (
+        {"dog"},
+        {"frisbee", "dining table"},
+        False,
+        "pope",
+    )
     text = "Two Dogs, a cat, frisbees and a hot dog by the dining table."
     objects = mark_answer(text, truth)
     assert [(text[slice(*o["span"])], o["category"], o["status"]) for o in objects] == [
@@ -209,7 +233,9 @@ def test_demo_defaults_find_the_newest_run(tmp_path: Path, cli, fixed_answers, m
     make_data(Path("seed-quickstart/data"), chair={DOG: ["dog"], CUP: ["cup"]})
     make_run(Path("seed-quickstart/runs/quick"), "tiny-llava", settings={"data": "seed-quickstart/data"})
     results = _json(cli, ["demo"])
-    assert [Path(r["image"]).resolve() for r in results] == [Path("seed-quickstart/data/images", n).resolve() for n in (DOG, CUP)]
+    assert [Path(r["image"]).resolve() for r in results] == [
+        Path("seed-quickstart/data/images", n).resolve() for n in (DOG, CUP)
+    ]
     assert results[1]["answers"][1]["model"] == "tiny-llava + quick"
     assert fixed_answers[0]["prompts"] == ["Please describe this image in detail."] * 2
 

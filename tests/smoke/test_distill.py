@@ -48,7 +48,9 @@ def write_train_data(root: Path, n: int = 16, seed: int = 0) -> Path:
             ]
         records.append(Record(id=str(i), image=f"{i}.png", messages=tuple(messages)))
     write_train(root, records)
-    write_manifest(root, source={"kind": "test"}, seed=seed, counts={"train": n}, dropped={}, image_roots={"train": "images"})
+    write_manifest(
+        root, source={"kind": "test"}, seed=seed, counts={"train": n}, dropped={}, image_roots={"train": "images"}
+    )
     return root
 
 
@@ -86,16 +88,51 @@ def metrics(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("model", ["tiny-llava", "tiny-qwen2-vl"])
-def test_cli_distill_writes_a_loadable_adapter_with_a_live_kl_term(model: str, data_dir: Path, tmp_path: Path, cli) -> None:
+def test_cli_distill_writes_a_loadable_adapter_with_a_live_kl_term(
+    model: str, data_dir: Path, tmp_path: Path, cli
+) -> None:
     from peft import PeftModel
 
     from seedcli.models.loading import load
 
     run = tmp_path / "run"
-    code, out, err = cli(["distill", "--model", model, "--data", str(data_dir), "--out", str(run), "--max-steps", "6", "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-3", "--lora-r", "8", "--lora-alpha", "16", "--log-every", "2", "--device", "cpu"])
+    code, out, err = cli(
+        [
+            "distill",
+            "--model",
+            model,
+            "--data",
+            str(data_dir),
+            "--out",
+            str(run),
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--lr",
+            "1e-3",
+            "--lora-r",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--log-every",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(run)
-    for name in ("config.json", "env.json", "metrics.jsonl", "summary.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
+    for name in (
+        "config.json",
+        "env.json",
+        "metrics.jsonl",
+        "summary.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+    ):
         assert (run / name).exists(), name
     rows = metrics(run)
     assert [r["step"] for r in rows] == [2, 4, 6]
@@ -107,7 +144,10 @@ def test_cli_distill_writes_a_loadable_adapter_with_a_live_kl_term(model: str, d
     assert not any("vision" in k or "visual" in k for k in weights)
     base = load(model, device="cpu").model
     peft_model = PeftModel.from_pretrained(base, str(run / "adapter"))
-    assert sum(1 for n, _ in peft_model.named_parameters() if "lora_A" in n) == 4 * base.config.text_config.num_hidden_layers
+    assert (
+        sum(1 for n, _ in peft_model.named_parameters() if "lora_A" in n)
+        == 4 * base.config.text_config.num_hidden_layers
+    )
     saved = json.loads((run / "config.json").read_text())
     assert saved["config"]["model"] == model and saved["resolved"]["family"] in ("llava", "qwen2-vl")
 
@@ -174,7 +214,9 @@ def test_resume_after_sigint_equals_an_uninterrupted_run(data_dir: Path, tmp_pat
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0)
     assert [r["step"] for r in metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
-    assert metrics(tmp_path / "resumed")[-1]["loss"] == pytest.approx(metrics(tmp_path / "straight")[-1]["loss"], rel=1e-6)
+    assert metrics(tmp_path / "resumed")[-1]["loss"] == pytest.approx(
+        metrics(tmp_path / "straight")[-1]["loss"], rel=1e-6
+    )
 
 
 def test_resume_refuses_a_conflicting_flag(data_dir: Path, tmp_path: Path) -> None:
@@ -245,7 +287,9 @@ def test_non_finite_losses_skip_steps_then_stop_after_saving(data_dir: Path, tmp
     state = json.loads((saved / "state.json").read_text())
     assert state["counters"]["skipped_steps"] == 2
     weights = load_file(str(saved / "adapter" / "adapter_model.safetensors"))
-    assert all(v.abs().sum() == 0 for k, v in weights.items() if "lora_B" in k), "skipped steps must not update the adapter"
+    assert all(v.abs().sum() == 0 for k, v in weights.items() if "lora_B" in k), (
+        "skipped steps must not update the adapter"
+    )
     assert state["position"] == {"round": 1, "step": 1}, "saved before the second bad step: the last good state"
     assert not (run / "summary.json").exists()
 
@@ -268,7 +312,9 @@ def test_existing_run_directory_is_never_overwritten(data_dir: Path, tmp_path: P
     run = tmp_path / "r"
     run.mkdir()
     (run / "precious.txt").write_text("keep me")
-    code, out, err = cli(["distill", "--model", "tiny-llava", "--data", str(data_dir), "--out", str(run), "--max-steps", "1"])
+    code, out, err = cli(
+        ["distill", "--model", "tiny-llava", "--data", str(data_dir), "--out", str(run), "--max-steps", "1"]
+    )
     assert code == 2 and "--overwrite" in err and out == ""
     assert (run / "precious.txt").read_text() == "keep me"
 
@@ -282,10 +328,34 @@ def test_cli_passes_flags_to_the_library(monkeypatch, cli, tmp_path: Path) -> No
 
     monkeypatch.setattr(engine, "distill", fake)
     monkeypatch.setattr(seedcli.cli.distill, "_after_training", lambda *args: None)  # no run directory to describe
-    code, out, _ = cli(["distill", "--model", "llava-1.5-7b", "--lr", "1e-5", "--beta-values", "1.0,0.5", "--beta-quantiles", "0.5", "--method", "sft", "--noise-step", "500", "--no-gradient-checkpointing"])
+    code, out, _ = cli(
+        [
+            "distill",
+            "--model",
+            "llava-1.5-7b",
+            "--lr",
+            "1e-5",
+            "--beta-values",
+            "1.0,0.5",
+            "--beta-quantiles",
+            "0.5",
+            "--method",
+            "sft",
+            "--noise-step",
+            "500",
+            "--no-gradient-checkpointing",
+        ]
+    )
     assert code == 0 and out.strip() == str(tmp_path / "x")
     cfg = received["cfg"]
-    assert (cfg.model, cfg.lr, cfg.beta_values, cfg.beta_quantiles, cfg.method, cfg.noise_step) == ("llava-1.5-7b", 1e-5, (1.0, 0.5), (0.5,), "sft", 500)
+    assert (cfg.model, cfg.lr, cfg.beta_values, cfg.beta_quantiles, cfg.method, cfg.noise_step) == (
+        "llava-1.5-7b",
+        1e-5,
+        (1.0, 0.5),
+        (0.5,),
+        "sft",
+        500,
+    )
     assert cfg.data == "seed-data" and cfg.out is None
 
 

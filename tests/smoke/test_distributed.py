@@ -76,7 +76,9 @@ def assert_same_adapter(a: Path, b: Path, atol: float = 1e-6) -> None:
 def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m seedcli ARGS` in a fresh process (the elastic launcher needs a real argv)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "seedcli", *args], capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "seedcli", *args], capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S
+    )
 
 
 def _train_worker(cfg_doc: dict, hook: str | None) -> dict:
@@ -158,13 +160,32 @@ def test_shard_is_contiguous_and_balanced() -> None:
 
 
 def test_placement_from_torchrun_and_slurm_environments() -> None:
-    torchrun = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"}
+    torchrun = {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "29400",
+    }
     assert distributed.placement(torchrun) == distributed.Placement(3, 8, 1, 2, "10.0.0.1", 29400, "torchrun")
-    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[07-08],cpu1", "MASTER_PORT": "29500"}
+    slurm = {
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS_PER_NODE": "4(x2)",
+        "SLURM_JOB_NODELIST": "gpu[07-08],cpu1",
+        "MASTER_PORT": "29500",
+    }
     assert distributed.placement(slurm) == distributed.Placement(5, 8, 1, 4, "gpu07", 29500, "slurm")
     assert distributed.placement({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).source == "single"
     assert distributed.placement({}) == distributed.Placement(0, 1, 0, 1, None, None, "single")
-    assert [distributed.first_host(s) for s in ("node1", "a[3-5]", "b-[009,12]x", "c1,c2")] == ["node1", "a3", "b-009", "c1"]
+    assert [distributed.first_host(s) for s in ("node1", "a[3-5]", "b-[009,12]x", "c1,c2")] == [
+        "node1",
+        "a3",
+        "b-009",
+        "c1",
+    ]
     with pytest.raises(ConfigError, match="RANK"):
         distributed.placement({"RANK": "x", "WORLD_SIZE": "2"})
 
@@ -199,7 +220,24 @@ def test_cli_relaunches_outside_a_launcher_with_flags_that_rebuild_the_config(cl
     monkeypatch.setattr(engine, "distill", lambda cfg, reporter, **kw: received.append(cfg) or {"run_dir": "R"})
     for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(name, raising=False)
-    args = ["distill", "--model", "tiny-llava", "--device", "cpu", "--nproc", "2", "--lr", "3e-05", "--beta-values", "1.0,0.5", "--beta-quantiles", "0.5", "--gradient-checkpointing", "--strategy", "fsdp"]
+    args = [
+        "distill",
+        "--model",
+        "tiny-llava",
+        "--device",
+        "cpu",
+        "--nproc",
+        "2",
+        "--lr",
+        "3e-05",
+        "--beta-values",
+        "1.0,0.5",
+        "--beta-quantiles",
+        "0.5",
+        "--gradient-checkpointing",
+        "--strategy",
+        "fsdp",
+    ]
     code, out, err = cli(args)
     assert code == 0 and out == "" and not received, err
     assert launched["nproc"] == 2 and launched["nnodes"] == 1 and launched["argv"][0] == "distill"
@@ -209,7 +247,16 @@ def test_cli_relaunches_outside_a_launcher_with_flags_that_rebuild_the_config(cl
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, out, _ = cli(launched["argv"])
     assert code == 0 and out == "", "only rank 0 prints the run directory"
-    expected = DistillConfig(model="tiny-llava", device="cpu", nproc=2, lr=3e-5, beta_values=(1.0, 0.5), beta_quantiles=(0.5,), gradient_checkpointing=True, strategy="fsdp")
+    expected = DistillConfig(
+        model="tiny-llava",
+        device="cpu",
+        nproc=2,
+        lr=3e-5,
+        beta_values=(1.0, 0.5),
+        beta_quantiles=(0.5,),
+        gradient_checkpointing=True,
+        strategy="fsdp",
+    )
     assert received == [replace(expected, out=received[0].out)]
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(seedcli.cli.distill, "_after_training", lambda *args: None)  # "R" is not a real run directory
@@ -218,10 +265,15 @@ def test_cli_relaunches_outside_a_launcher_with_flags_that_rebuild_the_config(cl
 
 
 def test_gather_records_restores_the_order_over_two_processes() -> None:
-    records = [{"question_id": i, "answer": "oui" if i % 2 else "non \u00e9", "scores": [i / 3, None]} for i in range(5)]
+    records = [
+        {"question_id": i, "answer": "oui" if i % 2 else "non \u00e9", "scores": [i / 3, None]} for i in range(5)
+    ]
     results = distributed.launch(_gather_worker, (records,), nproc=2, master_port=distributed.free_port())
     assert results == {0: records, 1: records}
-    assert distributed.launch(_gather_worker, ([{"only": 1}],), nproc=2, master_port=distributed.free_port()) == {0: [{"only": 1}], 1: [{"only": 1}]}
+    assert distributed.launch(_gather_worker, ([{"only": 1}],), nproc=2, master_port=distributed.free_port()) == {
+        0: [{"only": 1}],
+        1: [{"only": 1}],
+    }
     assert distributed.gather_records(records) == records  # no process group: unchanged
 
 
@@ -246,7 +298,9 @@ def test_replicas_are_identical_and_match_the_saved_adapter(pair) -> None:
     assert replicas["adapter_digests"] == [saved, saved]
 
 
-def test_fsdp_shards_the_base_and_follows_the_single_process_trajectory(data_dir: Path, single: Path, tmp_path: Path) -> None:
+def test_fsdp_shards_the_base_and_follows_the_single_process_trajectory(
+    data_dir: Path, single: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "fsdp"
     results = launch_training(config(data_dir, out, batch_size=2, nproc=2, strategy="fsdp"), hook="fsdp")
     lora = sum(1 for k in adapter(single) if "lora_" in k)
@@ -258,7 +312,9 @@ def test_fsdp_shards_the_base_and_follows_the_single_process_trajectory(data_dir
     assert_same_adapter(out, single)
 
 
-def test_resume_an_interrupted_two_process_run_on_two_and_on_one_process(data_dir: Path, single: Path, pair, tmp_path: Path) -> None:
+def test_resume_an_interrupted_two_process_run_on_two_and_on_one_process(
+    data_dir: Path, single: Path, pair, tmp_path: Path
+) -> None:
     straight, _ = pair
     broken = tmp_path / "broken"
     cfg = config(data_dir, broken, batch_size=2, nproc=2, save_every=100)
@@ -276,7 +332,12 @@ def test_resume_an_interrupted_two_process_run_on_two_and_on_one_process(data_di
     # One process, same global batch: --grad-accum 2 is chosen to replace the second process.
     engine.distill(DistillConfig(out=str(on_one), resume=True, device="cpu"), NullReporter())
     saved = json.loads((on_one / "config.json").read_text())
-    assert (saved["config"]["batch_size"], saved["config"]["grad_accum"], saved["resolved"]["world_size"], saved["resolved"]["global_batch"]) == (2, 2, 1, 4)
+    assert (
+        saved["config"]["batch_size"],
+        saved["config"]["grad_accum"],
+        saved["resolved"]["world_size"],
+        saved["resolved"]["global_batch"],
+    ) == (2, 2, 1, 4)
     assert_same_trajectory(on_one, single)
     assert_same_adapter(on_one, single)
 

@@ -25,8 +25,22 @@ def _pope_lines(split: str) -> list[dict]:
     rows = []
     for image, objects in OBJECTS.items():
         for positive, negative in zip(objects, NEGATIVES[split]):
-            rows.append({"question_id": len(rows) + 1, "image": image, "text": f"Is there a {positive} in the image?", "label": "yes"})
-            rows.append({"question_id": len(rows) + 1, "image": image, "text": f"Is there a {negative} in the image?", "label": "no"})
+            rows.append(
+                {
+                    "question_id": len(rows) + 1,
+                    "image": image,
+                    "text": f"Is there a {positive} in the image?",
+                    "label": "yes",
+                }
+            )
+            rows.append(
+                {
+                    "question_id": len(rows) + 1,
+                    "image": image,
+                    "text": f"Is there a {negative} in the image?",
+                    "label": "no",
+                }
+            )
     return rows[:QUESTIONS_PER_SPLIT]
 
 
@@ -40,7 +54,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         atomic.write_jsonl(root / pope_file(split), _pope_lines(split))
     chair = [{"image_id": 100 + i, "image": name, "objects": OBJECTS[name]} for i, name in enumerate(IMAGES)]
     atomic.write_jsonl(root / CHAIR_FILE, chair)
-    write_manifest(root, source={"kind": "test"}, seed=0, counts={}, dropped={}, image_roots={"pope": "images", "chair": "images"})
+    write_manifest(
+        root, source={"kind": "test"}, seed=0, counts={}, dropped={}, image_roots={"pope": "images", "chair": "images"}
+    )
     return root
 
 
@@ -88,19 +104,55 @@ def _count_generate_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_evaluate_model_produces_every_field_and_resumes(cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_model_produces_every_field_and_resumes(
+    cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "results"
-    args = ["evaluate", "--model", "tiny-llava", "--data", str(data_dir), "--pope", "all", "--chair", "--limit", "6", "--out", str(out), "--json", *FAST]
+    args = [
+        "evaluate",
+        "--model",
+        "tiny-llava",
+        "--data",
+        str(data_dir),
+        "--pope",
+        "all",
+        "--chair",
+        "--limit",
+        "6",
+        "--out",
+        str(out),
+        "--json",
+        *FAST,
+    ]
     calls = _count_generate_calls(monkeypatch)
     code, stdout, stderr = cli(args)
     assert code == 0, stderr
     results = json.loads(stdout)
     assert results == json.loads((out / "results.json").read_text())
-    for key in ("schema_version", "seedcli_version", "created", "ok", "errors", "config", "environment", "protocol", "settings", "prompts", "models", "data", "pope", "chair", "comparisons"):
+    for key in (
+        "schema_version",
+        "seedcli_version",
+        "created",
+        "ok",
+        "errors",
+        "config",
+        "environment",
+        "protocol",
+        "settings",
+        "prompts",
+        "models",
+        "data",
+        "pope",
+        "chair",
+        "comparisons",
+    ):
         assert key in results, key
     assert results["schema_version"] == 1 and results["ok"] is True and results["errors"] == []
     assert results["config"]["limit"] == 6 and results["protocol"]["label"] == "greedy"
-    assert results["prompts"]["pope"]["rendered"] == "USER: <image>\nIs there a dog in the image?\nAnswer the question using a single word or phrase. ASSISTANT:"
+    assert (
+        results["prompts"]["pope"]["rendered"]
+        == "USER: <image>\nIs there a dog in the image?\nAnswer the question using a single word or phrase. ASSISTANT:"
+    )
     assert results["prompts"]["chair"]["rendered"] == "USER: <image>\nPlease describe this image in detail. ASSISTANT:"
     assert "ASSISTANT:" in results["prompts"]["chat_template"]
     assert [m["label"] for m in results["models"]] == ["base"] and results["models"][0]["family"] == "llava"
@@ -151,11 +203,27 @@ def test_evaluate_model_produces_every_field_and_resumes(cli, data_dir: Path, tm
     assert json.loads(stdout)["pope"]["base"]["random"]["n_questions"] == 8
 
 
-def test_interrupted_run_resumes_without_redoing_finished_batches(cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes_without_redoing_finished_batches(
+    cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from seedcli.evals import generation
 
     out = tmp_path / "results"
-    args = ["evaluate", "--model", "tiny-llava", "--data", str(data_dir), "--pope", "random", "--out", str(out), "--json", *FAST[:2], "--batch-size", "3"]
+    args = [
+        "evaluate",
+        "--model",
+        "tiny-llava",
+        "--data",
+        str(data_dir),
+        "--pope",
+        "random",
+        "--out",
+        str(out),
+        "--json",
+        *FAST[:2],
+        "--batch-size",
+        "3",
+    ]
     real = generation.generate
     seen: list[str] = []
 
@@ -213,7 +281,24 @@ def test_interrupted_all_splits_run_resumes_to_the_uninterrupted_samples(
 
 def test_adapter_run_is_compared_with_its_base(cli, data_dir: Path, adapter_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    code, stdout, stderr = cli(["evaluate", "--adapter", str(adapter_run), "--data", str(data_dir), "--pope", "all", "--chair", "--limit", "6", "--out", str(out), "--json", *FAST])
+    code, stdout, stderr = cli(
+        [
+            "evaluate",
+            "--adapter",
+            str(adapter_run),
+            "--data",
+            str(data_dir),
+            "--pope",
+            "all",
+            "--chair",
+            "--limit",
+            "6",
+            "--out",
+            str(out),
+            "--json",
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     results = json.loads(stdout)
     assert [m["label"] for m in results["models"]] == ["base", "seedrun"]
@@ -228,19 +313,40 @@ def test_adapter_run_is_compared_with_its_base(cli, data_dir: Path, adapter_run:
     assert comparison["baseline"] == "base"
     for split in SPLITS:
         base, adapted = results["pope"]["base"][split], results["pope"]["seedrun"][split]
-        assert comparison["pope"][split]["delta"]["official"]["f1"] == pytest.approx(adapted["official"]["f1"] - base["official"]["f1"])
+        assert comparison["pope"][split]["delta"]["official"]["f1"] == pytest.approx(
+            adapted["official"]["f1"] - base["official"]["f1"]
+        )
         test = comparison["pope"][split]["mcnemar"]["official"][0]
         ok_base = {r["id"]: r["correct"] for r in rows if r["model"] == "base" and r["split"] == split}
         ok_adapter = {r["id"]: r["correct"] for r in rows if r["model"] == "seedrun" and r["split"] == split}
         assert test["b"] == sum(ok_base[i] and not ok_adapter[i] for i in ok_base)
         assert test["c"] == sum(ok_adapter[i] and not ok_base[i] for i in ok_base)
         assert 0.0 <= test["p_value"] <= 1.0
-    assert comparison["chair"]["delta"]["chair_s_pct"] == pytest.approx(results["chair"]["seedrun"]["chair_s_pct"] - results["chair"]["base"]["chair_s_pct"])
+    assert comparison["chair"]["delta"]["chair_s_pct"] == pytest.approx(
+        results["chair"]["seedrun"]["chair_s_pct"] - results["chair"]["base"]["chair_s_pct"]
+    )
 
 
-def test_human_report_shows_both_models_and_the_out_path(cli, data_dir: Path, adapter_run: Path, tmp_path: Path) -> None:
+def test_human_report_shows_both_models_and_the_out_path(
+    cli, data_dir: Path, adapter_run: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "results"
-    code, stdout, stderr = cli(["evaluate", "--adapter", str(adapter_run), "--data", str(data_dir), "--pope", "random", "--limit", "2", "--out", str(out), *FAST])
+    code, stdout, stderr = cli(
+        [
+            "evaluate",
+            "--adapter",
+            str(adapter_run),
+            "--data",
+            str(data_dir),
+            "--pope",
+            "random",
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+            *FAST,
+        ]
+    )
     assert code == 0, stderr
     assert stdout.strip().splitlines()[-1] == str(out)
     assert "POPE (greedy)" in stderr and "seedrun" in stderr and "McNemar p" in stderr
@@ -249,7 +355,27 @@ def test_human_report_shows_both_models_and_the_out_path(cli, data_dir: Path, ad
 def test_vcd_protocol_with_vcd_decoding_averages_seeds(cli, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     code, stdout, stderr = cli(
-        ["evaluate", "--model", "tiny-qwen2-vl", "--data", str(data_dir), "--pope", "random", "--limit", "4", "--protocol", "vcd", "--decode", "vcd", "--seeds", "2", "--out", str(out), "--json", *FAST]
+        [
+            "evaluate",
+            "--model",
+            "tiny-qwen2-vl",
+            "--data",
+            str(data_dir),
+            "--pope",
+            "random",
+            "--limit",
+            "4",
+            "--protocol",
+            "vcd",
+            "--decode",
+            "vcd",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+            *FAST,
+        ]
     )
     assert code == 0, stderr
     results = json.loads(stdout)
@@ -264,7 +390,24 @@ def test_vcd_protocol_with_vcd_decoding_averages_seeds(cli, data_dir: Path, tmp_
 
 
 def test_logit_scoring_is_its_own_protocol(cli, data_dir: Path, tmp_path: Path) -> None:
-    code, stdout, stderr = cli(["evaluate", "--model", "tiny-llava", "--data", str(data_dir), "--pope", "popular", "--limit", "4", "--pope-scoring", "logits", "--out", str(tmp_path / "r"), "--json"])
+    code, stdout, stderr = cli(
+        [
+            "evaluate",
+            "--model",
+            "tiny-llava",
+            "--data",
+            str(data_dir),
+            "--pope",
+            "popular",
+            "--limit",
+            "4",
+            "--pope-scoring",
+            "logits",
+            "--out",
+            str(tmp_path / "r"),
+            "--json",
+        ]
+    )
     assert code == 0, stderr
     results = json.loads(stdout)
     assert results["protocol"]["label"] == "logits (greedy prompt)"
@@ -274,7 +417,9 @@ def test_logit_scoring_is_its_own_protocol(cli, data_dir: Path, tmp_path: Path) 
     assert all((r["output"] == "yes") == (r["yes_score"] > r["no_score"]) for r in rows)
 
 
-def test_a_failed_part_exits_non_zero_and_is_reported(cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_part_exits_non_zero_and_is_reported(
+    cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from seedcli.evals import generation
 
     real = generation.generate
@@ -286,7 +431,24 @@ def test_a_failed_part_exits_non_zero_and_is_reported(cli, data_dir: Path, tmp_p
 
     monkeypatch.setattr(generation, "generate", fail_on_captions)
     out = tmp_path / "r"
-    code, stdout, _ = cli(["evaluate", "--model", "tiny-llava", "--data", str(data_dir), "--pope", "random", "--chair", "--limit", "2", "--out", str(out), "--json", *FAST])
+    code, stdout, _ = cli(
+        [
+            "evaluate",
+            "--model",
+            "tiny-llava",
+            "--data",
+            str(data_dir),
+            "--pope",
+            "random",
+            "--chair",
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+            *FAST,
+        ]
+    )
     assert code == 1
     results = json.loads(stdout)
     assert results["ok"] is False
@@ -296,7 +458,20 @@ def test_a_failed_part_exits_non_zero_and_is_reported(cli, data_dir: Path, tmp_p
 
 def test_resume_with_other_settings_is_refused(cli, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    base = ["evaluate", "--model", "tiny-llava", "--data", str(data_dir), "--pope", "random", "--limit", "1", "--out", str(out), *FAST]
+    base = [
+        "evaluate",
+        "--model",
+        "tiny-llava",
+        "--data",
+        str(data_dir),
+        "--pope",
+        "random",
+        "--limit",
+        "1",
+        "--out",
+        str(out),
+        *FAST,
+    ]
     assert cli(base)[0] == 0
     code, _, stderr = cli([*base, "--protocol", "vcd"])
     assert code == 2 and "different settings" in stderr and "protocol" in stderr
@@ -306,7 +481,9 @@ def test_score_only_refuses_mismatched_ids(cli, data_dir: Path, tmp_path: Path) 
     questions = data_dir / pope_file("random")
     answers = tmp_path / "answers.jsonl"
     atomic.write_jsonl(answers, [{"question_id": q["question_id"] + 100, "text": "Yes"} for q in _pope_lines("random")])
-    code, stdout, stderr = cli(["evaluate", "--pope-file", str(questions), "--answers", str(answers), "--out", str(tmp_path / "r")])
+    code, stdout, stderr = cli(
+        ["evaluate", "--pope-file", str(questions), "--answers", str(answers), "--out", str(tmp_path / "r")]
+    )
     assert code == 3 and stdout == ""
     assert "question_id" in stderr
     assert not (tmp_path / "r").exists()
@@ -316,19 +493,60 @@ def test_score_only_pope_and_captions_hand_checked(cli, data_dir: Path, tmp_path
     lines = _pope_lines("random")  # labels alternate yes, no
     answers = tmp_path / "answers.jsonl"
     # Answered in reverse order (joined by id, not order): all "Yes." except question 2 "No, there is not."
-    atomic.write_jsonl(answers, [{"question_id": q["question_id"], "text": "No, there is not." if q["question_id"] == 2 else "Yes."} for q in reversed(lines)])
-    code, stdout, stderr = cli(["evaluate", "--pope-file", str(data_dir / pope_file("random")), "--answers", str(answers), "--out", str(tmp_path / "p"), "--json"])
+    atomic.write_jsonl(
+        answers,
+        [
+            {"question_id": q["question_id"], "text": "No, there is not." if q["question_id"] == 2 else "Yes."}
+            for q in reversed(lines)
+        ],
+    )
+    code, stdout, stderr = cli(
+        [
+            "evaluate",
+            "--pope-file",
+            str(data_dir / pope_file("random")),
+            "--answers",
+            str(answers),
+            "--out",
+            str(tmp_path / "p"),
+            "--json",
+        ]
+    )
     assert code == 0, stderr
     block = json.loads(stdout)["pope"]["answers.jsonl"]["coco_pope_random.json"]
     # 4 yes labels all answered yes (tp 4); of 4 no labels one answered no (tn 1, fp 3).
-    assert (block["official"]["tp"], block["official"]["fp"], block["official"]["tn"], block["official"]["fn"]) == (4, 3, 1, 0)
+    assert (block["official"]["tp"], block["official"]["fp"], block["official"]["tn"], block["official"]["fn"]) == (
+        4,
+        3,
+        1,
+        0,
+    )
     assert block["official"]["accuracy"] == pytest.approx(5 / 8)
     assert block["official"]["yes_ratio"] == pytest.approx(7 / 8)
     assert block["official"]["f1"] == pytest.approx(2 * (4 / 7) * 1.0 / (4 / 7 + 1.0))
 
     captions = tmp_path / "captions.jsonl"
-    atomic.write_jsonl(captions, [{"image_id": 100, "caption": "A dog next to two cups and a cat."}, {"image_id": 101, "caption": "A man in a car."}])
-    code, stdout, stderr = cli(["evaluate", "--captions", str(captions), "--data", str(data_dir), "--out", str(tmp_path / "c"), "--json", "--bootstrap", "0"])
+    atomic.write_jsonl(
+        captions,
+        [
+            {"image_id": 100, "caption": "A dog next to two cups and a cat."},
+            {"image_id": 101, "caption": "A man in a car."},
+        ],
+    )
+    code, stdout, stderr = cli(
+        [
+            "evaluate",
+            "--captions",
+            str(captions),
+            "--data",
+            str(data_dir),
+            "--out",
+            str(tmp_path / "c"),
+            "--json",
+            "--bootstrap",
+            "0",
+        ]
+    )
     assert code == 0, stderr
     chair = json.loads(stdout)["chair"]["captions.jsonl"]
     # Image 100 (dog, cup): dog, cup, cat -> cat hallucinated. Image 101 (car, person): man->person, car.
@@ -336,11 +554,15 @@ def test_score_only_pope_and_captions_hand_checked(cli, data_dir: Path, tmp_path
     assert chair["chair_s_pct"] == pytest.approx(50.0)
     assert chair["recall_pct"] == pytest.approx(100.0)
     atomic.write_jsonl(captions, [{"image_id": 999, "caption": "A dog."}])
-    code, _, stderr = cli(["evaluate", "--captions", str(captions), "--data", str(data_dir), "--out", str(tmp_path / "c2")])
+    code, _, stderr = cli(
+        ["evaluate", "--captions", str(captions), "--data", str(data_dir), "--out", str(tmp_path / "c2")]
+    )
     assert code == 3 and "999" in stderr
 
 
-def test_no_model_no_adapter_uses_the_newest_run(cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_model_no_adapter_uses_the_newest_run(
+    cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
     from seedcli.config.evaluate import EvaluateConfig
@@ -348,11 +570,19 @@ def test_no_model_no_adapter_uses_the_newest_run(cli, data_dir: Path, tmp_path: 
     from seedcli.reporting import NullReporter
 
     received: list[EvaluateConfig] = []
-    monkeypatch.setattr(runner, "evaluate", lambda cfg, reporter: received.append(cfg) or {"ok": True, "errors": [], "out": "x"})
+    monkeypatch.setattr(
+        runner, "evaluate", lambda cfg, reporter: received.append(cfg) or {"ok": True, "errors": [], "out": "x"}
+    )
     code, _, _ = cli(["evaluate", "--pope", "adversarial"])
     assert code == 0
     cfg = received[0]
-    assert (cfg.model, cfg.adapter, cfg.pope_splits, str(cfg.data), str(cfg.runs_root)) == (None, (), ("adversarial",), "seed-data", "runs")
+    assert (cfg.model, cfg.adapter, cfg.pope_splits, str(cfg.data), str(cfg.runs_root)) == (
+        None,
+        (),
+        ("adversarial",),
+        "seed-data",
+        "runs",
+    )
 
     runs = tmp_path / "runs"
     for name, model, age in (("old", "tiny-qwen2-vl", 100), ("new", "tiny-llava", 0)):

@@ -21,15 +21,42 @@ def _rows(out: Path) -> list[dict]:
 
 
 def test_sharded_evaluation_equals_a_single_process(cli, data_dir: Path, adapter_run: Path, tmp_path: Path) -> None:  # noqa: F811
-    args = ["evaluate", "--adapter", str(adapter_run), "--data", str(data_dir), "--pope", "all", "--chair", "--device", "cpu", *FAST]
+    args = [
+        "evaluate",
+        "--adapter",
+        str(adapter_run),
+        "--data",
+        str(data_dir),
+        "--pope",
+        "all",
+        "--chair",
+        "--device",
+        "cpu",
+        *FAST,
+    ]
     single = tmp_path / "single"
     code, _, err = cli([*args, "--out", str(single), "--json"])
     assert code == 0, err
     sharded = tmp_path / "sharded"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "seedcli", *args, "--nproc", "2", "--master-port", str(free_port()), "--out", str(sharded), "--json"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "seedcli",
+            *args,
+            "--nproc",
+            "2",
+            "--master-port",
+            str(free_port()),
+            "--out",
+            str(sharded),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout)  # only rank 0 prints, and only JSON

@@ -79,7 +79,9 @@ def test_vcd_step_equals_the_formula_from_independent_forwards(fixture: str, req
     prompt, image = PROMPTS[0], _images()[0]
     # The tiny models' next-token distributions are flat (every log-prob within 1.5 of the max), so
     # beta = 0.5 is what makes the plausibility cut bite here; the formula is the same for any beta.
-    decoding = Decoding(mode="vcd", max_new_tokens=1, vcd_alpha=1.0, vcd_beta=0.5, vcd_noise_step=500, vcd_sample=False, seed=3)
+    decoding = Decoding(
+        mode="vcd", max_new_tokens=1, vcd_alpha=1.0, vcd_beta=0.5, vcd_noise_step=500, vcd_sample=False, seed=3
+    )
     enc = encode_prompt(loaded.processor, loaded.family, prompt, image)
     generator = torch.Generator().manual_seed(sample_seed(3, enc, purpose="vcd-noise"))
     noised_pixels = add_diffusion_noise(enc.vision["pixel_values"], vcd_alpha_bar(500), generator)
@@ -113,7 +115,10 @@ def test_greedy_answers_do_not_depend_on_batch_size(fixture: str, request) -> No
     assert len(lengths) > 1, "prompts must differ in length so the batch is padded"
     greedy = Decoding(mode="greedy", max_new_tokens=5)
     batched = generate(loaded.model, loaded.processor, loaded.family, PROMPTS, images, greedy, batch_size=8)
-    single = [generate(loaded.model, loaded.processor, loaded.family, [p], [i], greedy, batch_size=1)[0] for p, i in zip(PROMPTS, images)]
+    single = [
+        generate(loaded.model, loaded.processor, loaded.family, [p], [i], greedy, batch_size=1)[0]
+        for p, i in zip(PROMPTS, images)
+    ]
     assert batched == single
     assert len(set(batched)) > 1, "different inputs should give different answers on the tiny model"
     # Independent reference: transformers' own generate, one unpadded sample at a time.
@@ -123,7 +128,9 @@ def test_greedy_answers_do_not_depend_on_batch_size(fixture: str, request) -> No
         batch = collate([enc], pad_id=loaded.processor.tokenizer.pad_token_id, padding_side="left")
         batch.pop("labels")
         with torch.no_grad():
-            ids = loaded.model.generate(**batch, max_new_tokens=5, do_sample=False)[0, batch["input_ids"].shape[1] :].tolist()
+            ids = loaded.model.generate(**batch, max_new_tokens=5, do_sample=False)[
+                0, batch["input_ids"].shape[1] :
+            ].tolist()
         ids = ids[: ids.index(eos)] if eos in ids else ids
         assert answer == loaded.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
@@ -147,7 +154,9 @@ def test_cached_left_padded_decoding_equals_a_full_forward(fixture: str, request
             full["input_ids"] = torch.cat([full["input_ids"], fed[row : row + 1]], dim=1)
             full["attention_mask"] = torch.ones_like(full["input_ids"])
             if "mm_token_type_ids" in full:
-                full["mm_token_type_ids"] = torch.cat([full["mm_token_type_ids"], torch.zeros(1, 2, dtype=torch.long)], dim=1)
+                full["mm_token_type_ids"] = torch.cat(
+                    [full["mm_token_type_ids"], torch.zeros(1, 2, dtype=torch.long)], dim=1
+                )
             reference = loaded.model(**full).logits[0, -1].float()
             # A position off by a few steps moves these logits by ~1e-2 on the tiny models.
             assert torch.allclose(stream.logits[row], reference, atol=1e-4)
@@ -156,21 +165,39 @@ def test_cached_left_padded_decoding_equals_a_full_forward(fixture: str, request
 def test_sampling_is_reproducible_with_the_seed_and_independent_of_batching(tiny_llava) -> None:
     images = _images()
     run = lambda seed, batch_size: generate(  # noqa: E731
-        tiny_llava.model, tiny_llava.processor, tiny_llava.family, PROMPTS, images, Decoding(mode="sample", max_new_tokens=4, seed=seed), batch_size=batch_size
+        tiny_llava.model,
+        tiny_llava.processor,
+        tiny_llava.family,
+        PROMPTS,
+        images,
+        Decoding(mode="sample", max_new_tokens=4, seed=seed),
+        batch_size=batch_size,
     )
     first = run(5, 8)
     assert run(5, 8) == first
     assert run(5, 2) == first
     assert run(6, 8) != first
-    greedy = generate(tiny_llava.model, tiny_llava.processor, tiny_llava.family, PROMPTS, images, Decoding(mode="greedy", max_new_tokens=4))
+    greedy = generate(
+        tiny_llava.model,
+        tiny_llava.processor,
+        tiny_llava.family,
+        PROMPTS,
+        images,
+        Decoding(mode="greedy", max_new_tokens=4),
+    )
     assert greedy != first
 
 
 def test_vcd_sampling_is_reproducible(tiny_qwen) -> None:
     images = _images()[:3]
     decoding = Decoding(mode="vcd", max_new_tokens=3, seed=1)
-    first = generate(tiny_qwen.model, tiny_qwen.processor, tiny_qwen.family, PROMPTS[:3], images, decoding, batch_size=2)
-    assert generate(tiny_qwen.model, tiny_qwen.processor, tiny_qwen.family, PROMPTS[:3], images, decoding, batch_size=3) == first
+    first = generate(
+        tiny_qwen.model, tiny_qwen.processor, tiny_qwen.family, PROMPTS[:3], images, decoding, batch_size=2
+    )
+    assert (
+        generate(tiny_qwen.model, tiny_qwen.processor, tiny_qwen.family, PROMPTS[:3], images, decoding, batch_size=3)
+        == first
+    )
 
 
 def test_yes_no_logit_scoring_matches_plain_forwards(tiny_llava) -> None:
@@ -178,7 +205,9 @@ def test_yes_no_logit_scoring_matches_plain_forwards(tiny_llava) -> None:
     # The tiny tokenizer lowercases: "Yes", "yes", " Yes", " yes" are all the one token "yes".
     assert tokens.yes_tokens == ("yes",) and tokens.no_tokens == ("no",)
     images = _images()
-    scored = score_logits(tiny_llava.model, tiny_llava.processor, tiny_llava.family, PROMPTS, images, tokens, batch_size=8)
+    scored = score_logits(
+        tiny_llava.model, tiny_llava.processor, tiny_llava.family, PROMPTS, images, tokens, batch_size=8
+    )
     for prompt, image, result in zip(PROMPTS, images, scored):
         z = _plain_last_logits(tiny_llava, prompt, image)
         assert result["yes_score"] == pytest.approx(float(z[tokens.yes_ids[0]]), abs=1e-4)

@@ -32,15 +32,36 @@ def make_run(root: Path, model: str, *, rounds: int = 1, settings: dict[str, Any
     torch.manual_seed(seed)
     last = root / "adapter"
     for k in range(1, rounds + 1):
-        config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=loaded.family.lora_target_regex())
+        config = LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False, target_modules=loaded.family.lora_target_regex()
+        )
         peft_model = get_peft_model(base, config)
         last = root / "rounds" / f"round-{k}" / "adapter" if rounds > 1 else root / "adapter"
         peft_model.save_pretrained(str(last))
         base = peft_model.merge_and_unload()
     if rounds > 1:
         shutil.copytree(last, root / "adapter")
-    run_config = {"model": model, "method": "seed", "rounds": rounds, "lora_r": 4, "lora_alpha": 8, "temperature": 2.0, "distill_weight": 0.7, "quantization": "none", **(settings or {})}
-    (root / "config.json").write_text(json.dumps({"seedcli_version": __version__, "command": "distill", "config": run_config, "resolved": {"family": loaded.family.name}}))
+    run_config = {
+        "model": model,
+        "method": "seed",
+        "rounds": rounds,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "temperature": 2.0,
+        "distill_weight": 0.7,
+        "quantization": "none",
+        **(settings or {}),
+    }
+    (root / "config.json").write_text(
+        json.dumps(
+            {
+                "seedcli_version": __version__,
+                "command": "distill",
+                "config": run_config,
+                "resolved": {"family": loaded.family.name},
+            }
+        )
+    )
     (root / "summary.json").write_text(json.dumps({"steps": 0}))
     return root
 
@@ -116,7 +137,14 @@ def test_merged_directory_loads_with_auto_classes_and_generates(tmp_path: Path, 
     out = tmp_path / "merged"
     code, _, stderr = cli(["merge", str(run), "--out", str(out), "--json"])
     assert code == 0, stderr
-    for name in ("config.json", "generation_config.json", "chat_template.jinja", "tokenizer.json", "processor_config.json", "README.md"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "processor_config.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     card = (out / "README.md").read_text()
     assert "| `noise_alpha` | `0.3` |" in card and str(run) in card and "seedcli-merged" in card
@@ -150,7 +178,9 @@ def test_two_round_chain_merges_to_sequential_result(tmp_path: Path, cli) -> Non
     merged = logits_of(AutoModelForImageTextToText.from_pretrained(str(out)).eval(), batch)
     torch.testing.assert_close(merged, sequential, atol=1e-4, rtol=1e-4)
     assert (merged - last_only).abs().max() > 0.1, "round 1 must matter"
-    assert json.loads((out / "config.json").read_text())["seedcli_merge"]["adapters"] == [str(p.resolve()) for p in chain]
+    assert json.loads((out / "config.json").read_text())["seedcli_merge"]["adapters"] == [
+        str(p.resolve()) for p in chain
+    ]
 
 
 def test_refuses_quantized_base(tmp_path: Path, cli) -> None:

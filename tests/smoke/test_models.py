@@ -38,7 +38,9 @@ def test_tiny_models_load_forward_and_generate(name: str, red_image) -> None:
         assert out.logits.shape[:2] == batch["input_ids"].shape
         assert torch.isfinite(out.logits).all()
         generated = loaded.model.generate(**batch, max_new_tokens=4, do_sample=False)
-    assert generated.shape == (2, batch["input_ids"].shape[1] + 4) or generated.shape[1] <= batch["input_ids"].shape[1] + 4
+    assert (
+        generated.shape == (2, batch["input_ids"].shape[1] + 4) or generated.shape[1] <= batch["input_ids"].shape[1] + 4
+    )
     assert torch.equal(generated[0], generated[1])  # same input twice -> same greedy output
 
 
@@ -66,7 +68,11 @@ def test_adapter_targets_are_language_model_attention_only(fixture: str, request
     layers = loaded.model.config.text_config.num_hidden_layers
     assert len(names) == 4 * layers
     assert all("language_model" in n for n in names)
-    vision = [n for n, _ in loaded.model.named_modules() if ("vision" in n or "visual" in n) and n.endswith(("q_proj", "k_proj", "v_proj", "qkv", "out_proj", "proj"))]
+    vision = [
+        n
+        for n, _ in loaded.model.named_modules()
+        if ("vision" in n or "visual" in n) and n.endswith(("q_proj", "k_proj", "v_proj", "qkv", "out_proj", "proj"))
+    ]
     assert vision, "the tiny model must have vision attention modules for this test to mean anything"
     config = LoraConfig(r=4, lora_alpha=8, target_modules=loaded.family.lora_target_regex(), init_lora_weights=False)
     peft_model = get_peft_model(_fresh(loaded), config)
@@ -104,7 +110,11 @@ def test_label_mask_multi_turn_token_by_token(fixture: str, request, red_image) 
     answers = [["yes", "."], ["two", "objects", "."]]
     cursor = 0
     for answer in answers:
-        start = next(i for i in range(cursor, len(tokens)) if tokens[i : i + len(answer)] == answer and tokens[i - 1] in (":", "assistant"))
+        start = next(
+            i
+            for i in range(cursor, len(tokens))
+            if tokens[i : i + len(answer)] == answer and tokens[i - 1] in (":", "assistant")
+        )
         expected.extend(range(start, start + len(answer) + 1))
         cursor = start + len(answer)
     got = [i for i, t in enumerate(enc.labels) if t != IGNORE]
@@ -120,8 +130,10 @@ def test_label_mask_with_generation_markers(tiny_llava, red_image) -> None:
     processor.chat_template = (
         "{% for m in messages %}{{ m['role'] + ' : ' }}"
         "{% for p in m['content'] %}{% if p['type'] == 'image' %}<image> {% endif %}{% endfor %}"
-        "{% if m['role'] == 'assistant' %}{% generation %}{% for p in m['content'] %}{% if p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% endgeneration %}"
-        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %} {% endfor %}"
+        "{% if m['role'] == 'assistant' %}{% generation %}{% for p in m['content'] %}{% if p['type'] == 'text' %}{{ "
+        "p['text'] }}{% endif %}{% endfor %}{% endgeneration %}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% "
+        "endif %} {% endfor %}"
         "{% if add_generation_prompt %}assistant : {% endif %}"
     )
     enc = encode(processor, tiny_llava.family, TWO_TURNS, red_image)

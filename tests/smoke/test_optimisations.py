@@ -148,7 +148,11 @@ def _kl_rows(student: torch.Tensor, target: torch.Tensor, t: float) -> torch.Ten
 @pytest.mark.parametrize("space,gamma", [("logits", None), ("logprobs", None), ("logits", 0.1)])
 def test_cached_kl_is_exact_at_full_k_and_within_the_documented_bound_below(space: str, gamma: float | None) -> None:
     t, vocab, rows = 2.0, 64, 12
-    clean, noisy, student = _peaked_logits(rows, vocab, 3), _peaked_logits(rows, vocab, 4), _peaked_logits(rows, vocab, 5, scale=2.0)
+    clean, noisy, student = (
+        _peaked_logits(rows, vocab, 3),
+        _peaked_logits(rows, vocab, 4),
+        _peaked_logits(rows, vocab, 5, scale=2.0),
+    )
     beta = torch.linspace(0.4, 1.1, rows)
     exact = purify.purify(clean, noisy, beta, space, gamma, 30.0)
     labels = clean.argmax(-1)
@@ -177,14 +181,20 @@ def test_cached_kl_is_exact_at_full_k_and_within_the_documented_bound_below(spac
 
 def test_identity_behind_the_bound_holds_exactly() -> None:
     t, rows, vocab = 2.0, 6, 30
-    clean, noisy, student = _peaked_logits(rows, vocab, 6), _peaked_logits(rows, vocab, 7), _peaked_logits(rows, vocab, 8)
+    clean, noisy, student = (
+        _peaked_logits(rows, vocab, 6),
+        _peaked_logits(rows, vocab, 7),
+        _peaked_logits(rows, vocab, 8),
+    )
     exact = purify.purify(clean, noisy, 0.8)
     entry = teacher_cache.compress(clean, noisy, k=4)
     c, z = teacher_cache.reconstruct(entry)
     approx = purify.purify(c, z, 0.8)
     tail = ~teacher_cache.covered_mask(entry)
     s = torch.softmax(student.double() / t, -1)
-    identity = (torch.logsumexp(approx.double() / t, -1) - torch.logsumexp(exact.double() / t, -1)) + (s * (exact.double() - approx.double()) * tail).sum(-1) / t
+    identity = (torch.logsumexp(approx.double() / t, -1) - torch.logsumexp(exact.double() / t, -1)) + (
+        s * (exact.double() - approx.double()) * tail
+    ).sum(-1) / t
     gap = (_kl_rows(student, approx, t) - _kl_rows(student, exact, t)) / (t * t)
     torch.testing.assert_close(gap, identity, rtol=1e-6, atol=1e-8)
 
@@ -193,7 +203,9 @@ def test_maxprob_confidence_is_exact_for_any_k() -> None:
     clean = _peaked_logits(9, 80, 9)
     rebuilt, _ = teacher_cache.reconstruct(teacher_cache.compress(clean, None, k=1))
     index = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
-    torch.testing.assert_close(purify.sample_confidence(rebuilt, index, 3), purify.sample_confidence(clean, index, 3), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        purify.sample_confidence(rebuilt, index, 3), purify.sample_confidence(clean, index, 3), rtol=1e-6, atol=1e-5
+    )
 
 
 def test_cache_files_round_trip_and_refuse_a_different_record(tmp_path: Path) -> None:
@@ -230,7 +242,9 @@ def test_micro_batch_store_and_load_keep_sample_order(tmp_path: Path) -> None:
 def test_size_estimate() -> None:
     # k = 64, both: 128 int32 ids + 2 x (128 bf16 logits + one float32 lse) per row.
     assert teacher_cache.bytes_per_row(64, "both") == 128 * 4 + 2 * (128 * 2 + 4)
-    assert teacher_cache.log_size_note(150, 50_000, 64, "both") == f"{1032 * 150 * 50_000 / 1e9:.1f} GB for 50000 samples"
+    assert (
+        teacher_cache.log_size_note(150, 50_000, 64, "both") == f"{1032 * 150 * 50_000 / 1e9:.1f} GB for 50000 samples"
+    )
     assert math.isclose(teacher_cache.bytes_per_row(64, "clean"), 64 * 4 + 64 * 2 + 4)
 
 
@@ -263,14 +277,22 @@ def _count_teacher_calls(monkeypatch) -> list[int]:
 
 def _frozen_noise(monkeypatch) -> None:
     """Noise keyed by (seed, round, sample) only: the same noise for a sample in every epoch."""
-    monkeypatch.setattr(engine, "_noise_generator", lambda cfg, round_index, step, sample: torch.Generator().manual_seed(hash((cfg.seed, round_index, sample)) & 0x7FFF_FFFF))
+    monkeypatch.setattr(
+        engine,
+        "_noise_generator",
+        lambda cfg, round_index, step, sample: torch.Generator().manual_seed(
+            hash((cfg.seed, round_index, sample)) & 0x7FFF_FFFF
+        ),
+    )
 
 
 @needs_cache_flag
 def test_clean_cache_at_full_k_gives_the_uncached_epoch_2(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     engine.distill(_cache_cfg(data_dir, tmp_path / "plain"), NullReporter())
     calls = _count_teacher_calls(monkeypatch)
-    engine.distill(_cache_cfg(data_dir, tmp_path / "cached", teacher_cache="clean", teacher_cache_k=10**6), NullReporter())
+    engine.distill(
+        _cache_cfg(data_dir, tmp_path / "cached", teacher_cache="clean", teacher_cache_k=10**6), NullReporter()
+    )
     assert len(calls) == 1 + 2 * 2  # sanity check + epoch 1 (2 steps x 2 micro-batches); epoch 2 from the cache
     assert len(list((tmp_path / "cached").rglob("*.safetensors"))) >= 8
     ma, mb = metrics(tmp_path / "plain"), metrics(tmp_path / "cached")
@@ -281,11 +303,15 @@ def test_clean_cache_at_full_k_gives_the_uncached_epoch_2(data_dir: Path, tmp_pa
 
 
 @needs_cache_flag
-def test_both_cache_at_full_k_equals_the_uncached_loop_with_the_same_noise(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_both_cache_at_full_k_equals_the_uncached_loop_with_the_same_noise(
+    data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     _frozen_noise(monkeypatch)
     engine.distill(_cache_cfg(data_dir, tmp_path / "plain"), NullReporter())
     calls = _count_teacher_calls(monkeypatch)
-    engine.distill(_cache_cfg(data_dir, tmp_path / "cached", teacher_cache="both", teacher_cache_k=10**6), NullReporter())
+    engine.distill(
+        _cache_cfg(data_dir, tmp_path / "cached", teacher_cache="both", teacher_cache_k=10**6), NullReporter()
+    )
     assert len(calls) == 1 + 2 * 2
     for ra, rb in zip(metrics(tmp_path / "plain"), metrics(tmp_path / "cached"), strict=True):
         for key in KEYS:
@@ -299,7 +325,9 @@ def test_both_cache_at_full_k_equals_the_uncached_loop_with_the_same_noise(data_
 def test_both_cache_freezes_the_noise_which_changes_epoch_2(data_dir: Path, tmp_path: Path) -> None:
     """The documented deviation: with fresh noise per step, epoch 2 differs from the cached one."""
     engine.distill(_cache_cfg(data_dir, tmp_path / "plain"), NullReporter())
-    engine.distill(_cache_cfg(data_dir, tmp_path / "cached", teacher_cache="both", teacher_cache_k=10**6), NullReporter())
+    engine.distill(
+        _cache_cfg(data_dir, tmp_path / "cached", teacher_cache="both", teacher_cache_k=10**6), NullReporter()
+    )
     ma, mb = metrics(tmp_path / "plain"), metrics(tmp_path / "cached")
     for ra, rb in zip(ma[:2], mb[:2], strict=True):
         assert ra["kl"] == pytest.approx(rb["kl"], rel=1e-5)

@@ -37,11 +37,15 @@ def data(tmp_path: Path) -> Path:
         _image(root / "val2014" / name, k)
         chosen = [NAMES[(k + j * (1 + k % 3)) % len(NAMES)] for j in range(3 + k % 2)]
         for j, category in enumerate(dict.fromkeys(chosen)):
-            annotations.append({"id": 10 * image_id + j, "image_id": image_id, "category_id": NAMES.index(category) + 1})
+            annotations.append(
+                {"id": 10 * image_id + j, "image_id": image_id, "category_id": NAMES.index(category) + 1}
+            )
         captions.append({"id": image_id, "image_id": image_id, "caption": f"A {chosen[0]} next to a {chosen[1]}."})
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(NAMES)]
     (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "instances_val2014.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    (root / "annotations" / "instances_val2014.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"annotations": captions}))
     records = []
     for image_id in TRAIN_IDS + VAL_IDS:
@@ -74,7 +78,9 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return int(exited.value.code or 0), captured.out, captured.err
 
 
-def test_prepare_writes_a_readable_data_directory(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prepare_writes_a_readable_data_directory(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "seed-data"
     code, stdout, stderr = _run(_args(data, out), capsys)
     assert code == 0, stderr
@@ -99,7 +105,10 @@ def test_prepare_writes_a_readable_data_directory(data: Path, tmp_path: Path, ca
     assert manifest["dropped"]["eval_overlap"] == len(eval_ids)
     assert manifest["dropped"]["image_missing"] == 1
     assert manifest["counts"]["read"] == len(TRAIN_IDS) + len(VAL_IDS) + 1
-    assert manifest["counts"]["read"] == sum(manifest["dropped"].values()) + manifest["counts"]["train"] + manifest["counts"]["not_sampled"]
+    assert (
+        manifest["counts"]["read"]
+        == sum(manifest["dropped"].values()) + manifest["counts"]["train"] + manifest["counts"]["not_sampled"]
+    )
     assert manifest["seed"] == 0 and len(manifest["source"]["instruct"]["sha256"]) == 64
     assert pope_file("random") in manifest["files"] and "chair/images.jsonl" in manifest["files"]
 
@@ -127,7 +136,9 @@ def test_missing_instruct_names_the_flag(data: Path, tmp_path: Path, capsys: pyt
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_default_annotations_explain_the_opt_out(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_default_annotations_explain_the_opt_out(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = _args(data, tmp_path / "out")
     args[args.index("--coco-annotations") + 1] = str(tmp_path / "no-annotations")
     code, _, stderr = _run(args, capsys)
@@ -140,7 +151,9 @@ def test_missing_default_annotations_explain_the_opt_out(data: Path, tmp_path: P
 def test_verify_images_in_worker_processes(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (data / "train2017" / "000000000003.jpg").write_bytes(b"truncated")
     out = tmp_path / "verified"
-    code, stdout, stderr = _run(_args(data, out, "--verify-images", "--workers", "2", "--max-samples", "100", "--json"), capsys)
+    code, stdout, stderr = _run(
+        _args(data, out, "--verify-images", "--workers", "2", "--max-samples", "100", "--json"), capsys
+    )
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["dropped"]["image_unreadable"] == 1
@@ -162,14 +175,21 @@ def test_pope_from_imports_official_files(data: Path, tmp_path: Path, capsys: py
     assert summary["pope_import"]["popular"]["typos_fixed"] == 1
     for split in POPE_SPLITS:
         assert (second / pope_file(split)).read_text() == (first / pope_file(split)).read_text()
-    pope_ids = {image_id_from_name(json.loads(line)["image"]) for line in (first / pope_file("random")).read_text().splitlines()}
+    pope_ids = {
+        image_id_from_name(json.loads(line)["image"]) for line in (first / pope_file("random")).read_text().splitlines()
+    }
     assert summary["dropped"]["eval_overlap"] == len(pope_ids)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("seedcli.data.synthetic") is None, reason="seedcli.data.synthetic (the synthetic world) is not there yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("seedcli.data.synthetic") is None,
+    reason="seedcli.data.synthetic (the synthetic world) is not there yet",
+)
 def test_synthetic_world_is_a_movable_data_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "synthetic"
-    code, stdout, stderr = _run(["prepare", "--synthetic", "--synthetic-images", "80", "--out", str(out), "--json"], capsys)
+    code, stdout, stderr = _run(
+        ["prepare", "--synthetic", "--synthetic-images", "80", "--out", str(out), "--json"], capsys
+    )
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["source"] == "synthetic"

@@ -48,7 +48,14 @@ def _pope_f1_by_hand(rows: list[dict], model: str, split: str) -> float:
 
 def test_fast_quickstart_writes_every_part_and_a_consistent_table(fast_run) -> None:
     out, results, log = fast_run
-    for name in ("data/manifest.json", "runs/sft/summary.json", "runs/seed/summary.json", "eval/results.json", "eval/samples.jsonl", "quickstart.json"):
+    for name in (
+        "data/manifest.json",
+        "runs/sft/summary.json",
+        "runs/seed/summary.json",
+        "eval/results.json",
+        "eval/samples.jsonl",
+        "quickstart.json",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "quickstart.json").read_text()) == results
     assert results["resolved"]["fast"] and results["resolved"]["steps"] == 4 and results["config"]["steps"] == 120
@@ -66,7 +73,9 @@ def test_fast_quickstart_writes_every_part_and_a_consistent_table(fast_run) -> N
     rows = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
     for model in ("base", "sft", "seed"):
         for split in ("random", "adversarial"):
-            assert results["table"][f"pope_{split}_f1"][model] == pytest.approx(_pope_f1_by_hand(rows, model, split), abs=1e-9)
+            assert results["table"][f"pope_{split}_f1"][model] == pytest.approx(
+                _pope_f1_by_hand(rows, model, split), abs=1e-9
+            )
     assert {r["model"] for r in rows} == {"base", "sft", "seed"}
     assert sum(r["benchmark"] == "chair" for r in rows) == 3 * 24
 
@@ -96,7 +105,10 @@ def test_held_out_images_never_enter_training(fast_run) -> None:
     train = {data.resolve_image("train", row["image"]).resolve() for row in data.train()}
     held_out = {data.resolve_image("chair", row["image"]).resolve() for row in data.chair_images()}
     for split in ("random", "popular", "adversarial"):
-        held_out |= {data.resolve_image("pope", json.loads(line)["image"]).resolve() for line in data.pope_path(split).read_text().splitlines()}
+        held_out |= {
+            data.resolve_image("pope", json.loads(line)["image"]).resolve()
+            for line in data.pope_path(split).read_text().splitlines()
+        }
     assert train and held_out and not (train & held_out)
     assert {p.parent.name for p in train} == {"train2014"} and {p.parent.name for p in held_out} == {"val2014"}
 
@@ -144,10 +156,30 @@ def test_partner_hallucinations_and_example_selection() -> None:
     assert partner_hallucinations({"fork"}, {"fork", "frisbee"}) == []  # frisbee is not fork's partner
 
     def chair(model: str, mentions: list[str], image: str = "a.png") -> dict:
-        return {"model": model, "benchmark": "chair", "split": None, "id": 1, "image": image, "input": "Describe.", "label": ["fork"], "output": " ".join(mentions), "parsed": {"mentions": [(m, m) for m in mentions]}}
+        return {
+            "model": model,
+            "benchmark": "chair",
+            "split": None,
+            "id": 1,
+            "image": image,
+            "input": "Describe.",
+            "label": ["fork"],
+            "output": " ".join(mentions),
+            "parsed": {"mentions": [(m, m) for m in mentions]},
+        }
 
     def pope(model: str, answer: str) -> dict:
-        return {"model": model, "benchmark": "pope", "split": "adversarial", "id": 7, "image": "b.png", "input": "Is there a knife in the image?\nAnswer.", "label": "no", "output": answer, "parsed": {"official": answer}}
+        return {
+            "model": model,
+            "benchmark": "pope",
+            "split": "adversarial",
+            "id": 7,
+            "image": "b.png",
+            "input": "Is there a knife in the image?\nAnswer.",
+            "label": "no",
+            "output": answer,
+            "parsed": {"official": answer},
+        }
 
     rows = [chair("base", ["fork", "knife"]), chair("sft", ["fork", "knife"]), chair("seed", ["fork"])]
     rows += [pope("base", "yes"), pope("sft", "yes"), pope("seed", "no")]
@@ -156,5 +188,8 @@ def test_partner_hallucinations_and_example_selection() -> None:
     assert found[0]["answers"] == {"base": "fork knife", "sft": "fork knife", "seed": "fork"}
     assert examples(rows, limit=1) == found[:1]
     # SEED hallucinating too, or the base not hallucinating, is not an example.
-    assert examples([chair("base", ["fork", "knife"]), chair("sft", ["fork"]), chair("seed", ["fork", "knife"])], limit=5) == []
+    assert (
+        examples([chair("base", ["fork", "knife"]), chair("sft", ["fork"]), chair("seed", ["fork", "knife"])], limit=5)
+        == []
+    )
     assert examples([pope("base", "no"), pope("sft", "no"), pope("seed", "no")], limit=5) == []

@@ -63,7 +63,10 @@ def test_singularize(plural: str, singular: str) -> None:
         ("Two dogs and three cats.", [("dog", "dog"), ("cat", "cat")]),
         ("A fire hydrant next to a stop sign", [("fire hydrant", "fire hydrant"), ("stop sign", "stop sign")]),
         ("Hot dogs on a plate", [("hot dog", "hot dog")]),
-        ("A baby elephant walks with adult elephants.", [("baby elephant", "elephant"), ("adult elephant", "elephant")]),
+        (
+            "A baby elephant walks with adult elephants.",
+            [("baby elephant", "elephant"), ("adult elephant", "elephant")],
+        ),
         ("A baby sleeps.", [("baby", "person")]),
         ("A toilet seat is up.", [("toilet seat", "toilet")]),
         ("A bathroom with a toilet and a seat.", [("toilet", "toilet")]),
@@ -104,7 +107,12 @@ ITEMS = [
 
 def test_chair_metrics_on_three_captions() -> None:
     m = chair_metrics(ITEMS)
-    assert (m["n_captions"], m["n_mentions"], m["n_hallucinated_mentions"], m["n_hallucinated_captions"]) == (3, 9, 2, 2)
+    assert (m["n_captions"], m["n_mentions"], m["n_hallucinated_mentions"], m["n_hallucinated_captions"]) == (
+        3,
+        9,
+        2,
+        2,
+    )
     assert (m["n_gt_objects"], m["n_gt_mentioned"]) == (7, 6)
     assert m["chair_i_pct"] == pytest.approx(100 * 2 / 9)
     assert m["chair_s_pct"] == pytest.approx(100 * 2 / 3)
@@ -138,7 +146,10 @@ def test_chair_metrics_without_mentions_or_ground_truth() -> None:
     [
         ([], "at least one caption"),
         ([{"image_id": 1, "caption": "a dog", "gt_objects": ["dogs"]}], "dogs not COCO categories"),
-        ([{"image_id": 1, "caption": "a", "gt_objects": []}, {"image_id": 1, "caption": "b", "gt_objects": []}], "repeat image_id 1"),
+        (
+            [{"image_id": 1, "caption": "a", "gt_objects": []}, {"image_id": 1, "caption": "b", "gt_objects": []}],
+            "repeat image_id 1",
+        ),
         ([{"image_id": 1, "caption": "a dog"}], "lacks gt_objects"),
     ],
 )

@@ -15,7 +15,12 @@ COCO_INSTANCES = {
         {"id": 139, "file_name": "COCO_val2014_000000000139.jpg"},
         {"id": 285, "file_name": "COCO_val2014_000000000285.jpg"},
     ],
-    "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 34, "name": "frisbee"}, {"id": 62, "name": "chair"}],
+    "categories": [
+        {"id": 1, "name": "person"},
+        {"id": 18, "name": "dog"},
+        {"id": 34, "name": "frisbee"},
+        {"id": 62, "name": "chair"},
+    ],
     "annotations": [
         {"id": 9, "image_id": 139, "category_id": 34},
         {"id": 3, "image_id": 139, "category_id": 18},

@@ -48,9 +48,21 @@ def test_each_drop_reason_is_counted(tmp_path: Path, train2014: Path) -> None:
         {"id": "2", "image": "000000000999.jpg", "conversations": _conv()},  # image_missing
         {"id": "3", "image": "000000000006.jpg", "conversations": _conv()},  # exists, undecodable
         {"id": "4", "image": "000000000002.jpg", "conversations": []},  # empty_conversation
-        {"id": "5", "image": "000000000002.jpg", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "  "}]},
-        {"id": "6", "image": "000000000002.jpg", "conversations": [{"from": "human", "value": "<image>\nHi?"}]},  # one-sided
-        {"id": "7", "image": "000000000003.jpg", "conversations": [{"from": "gpt", "value": "Alone."}, {"from": "gpt", "value": "Still."}]},
+        {
+            "id": "5",
+            "image": "000000000002.jpg",
+            "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "  "}],
+        },
+        {
+            "id": "6",
+            "image": "000000000002.jpg",
+            "conversations": [{"from": "human", "value": "<image>\nHi?"}],
+        },  # one-sided
+        {
+            "id": "7",
+            "image": "000000000003.jpg",
+            "conversations": [{"from": "gpt", "value": "Alone."}, {"from": "gpt", "value": "Still."}],
+        },
         dict(good),  # duplicate_id: same id, same image, same conversation
         {"id": "1", "image": "000000000001.jpg", "conversations": _conv("Colour?", "Grey.")},  # kept as 1#2
         {"id": "8", "image": "/abs/000000000001.jpg", "conversations": _conv()},
@@ -58,10 +70,18 @@ def test_each_drop_reason_is_counted(tmp_path: Path, train2014: Path) -> None:
         {"id": "10", "image": "sub/../../000000000001.jpg", "conversations": _conv()},
         {"id": "11", "image": "000000000004.jpg", "conversations": "not a list"},  # malformed_record
         ["not", "an", "object"],  # malformed_record
-        {"id": "12", "image": "000000000004.jpg", "conversations": [{"from": "robot", "value": "x"}]},  # malformed_record
+        {
+            "id": "12",
+            "image": "000000000004.jpg",
+            "conversations": [{"from": "robot", "value": "x"}],
+        },  # malformed_record
         {"id": "13", "conversations": _conv()},  # no_image
         {"id": "14", "image": "000000000005.jpg", "conversations": _conv()},  # eval_overlap
-        {"id": "15", "image": "000000000004.jpg", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "A cat."}]},
+        {
+            "id": "15",
+            "image": "000000000004.jpg",
+            "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "A cat."}],
+        },
     ]
     path = _write(tmp_path / "instruct.json", items)
     scan = _scan(path, train2014, eval_ids=frozenset({5}))
@@ -80,9 +100,13 @@ def test_each_drop_reason_is_counted(tmp_path: Path, train2014: Path) -> None:
     assert [r.id for r in scan.records] == ["1", "3", "1#2", "15"]  # an image-only prompt is a user turn
     assert scan.renamed_ids == 1
 
-    kept, unreadable = select_records(scan.records, train2014, max_samples=None, seed=0, verify_images=False, workers=1, reporter=NullReporter())
+    kept, unreadable = select_records(
+        scan.records, train2014, max_samples=None, seed=0, verify_images=False, workers=1, reporter=NullReporter()
+    )
     assert (len(kept), unreadable) == (4, 0)
-    kept, unreadable = select_records(scan.records, train2014, max_samples=None, seed=0, verify_images=True, workers=1, reporter=NullReporter())
+    kept, unreadable = select_records(
+        scan.records, train2014, max_samples=None, seed=0, verify_images=True, workers=1, reporter=NullReporter()
+    )
     assert [r.id for r in kept] == ["1", "1#2", "15"]
     assert unreadable == 1
 
@@ -129,7 +153,10 @@ def test_a_top_level_object_is_rejected(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("chunk_bytes", [1, 3, 17, 1 << 20])
 def test_streaming_matches_json_loads_for_any_chunk_size(tmp_path: Path, chunk_bytes: int) -> None:
-    items = [{"id": i, "text": "naïve café " * (i % 4), "n": 10**i, "nested": [True, None, 1.5]} for i in range(25)] + [123456789, "tail"]
+    items = [{"id": i, "text": "naïve café " * (i % 4), "n": 10**i, "nested": [True, None, 1.5]} for i in range(25)] + [
+        123456789,
+        "tail",
+    ]
     path = tmp_path / "items.json"
     path.write_text(json.dumps(items, ensure_ascii=False, indent=2), encoding="utf-8")
     assert list(iter_json_array(path, where="x", chunk_bytes=chunk_bytes)) == items
@@ -176,11 +203,15 @@ def test_leakage_guard_drops_eval_images_unless_allowed(tmp_path: Path, train201
 def test_sampling_is_reproducible_by_seed(tmp_path: Path) -> None:
     root = tmp_path / "train2017"
     _image(root / image_file_name(1, "train2017"))
-    items = [{"id": f"r{i}", "image": image_file_name(1, "train2017"), "conversations": _conv(f"Q{i}?")} for i in range(60)]
+    items = [
+        {"id": f"r{i}", "image": image_file_name(1, "train2017"), "conversations": _conv(f"Q{i}?")} for i in range(60)
+    ]
     records = _scan(_write(tmp_path / "instruct.json", items), root).records
 
     def draw(seed: int) -> list[str]:
-        chosen, _ = select_records(records, root, max_samples=10, seed=seed, verify_images=False, workers=1, reporter=NullReporter())
+        chosen, _ = select_records(
+            records, root, max_samples=10, seed=seed, verify_images=False, workers=1, reporter=NullReporter()
+        )
         return [r.id for r in chosen]
 
     first = draw(0)
@@ -190,5 +221,7 @@ def test_sampling_is_reproducible_by_seed(tmp_path: Path) -> None:
     # Kept in input order, and a sample of the input.
     positions = [int(rid[1:]) for rid in first]
     assert positions == sorted(positions)
-    everything, _ = select_records(records, root, max_samples=1000, seed=0, verify_images=False, workers=1, reporter=NullReporter())
+    everything, _ = select_records(
+        records, root, max_samples=1000, seed=0, verify_images=False, workers=1, reporter=NullReporter()
+    )
     assert len(everything) == 60

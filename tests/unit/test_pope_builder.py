@@ -13,7 +13,22 @@ from seedcli.data.datadir import pope_file
 from seedcli.data.pope import build_pope, import_pope, write_pope
 from seedcli.errors import DataError
 
-NAMES = ["person", "car", "dog", "apple", "umbrella", "chair", "cup", "bench", "kite", "orange", "oven", "bus", "cat", "tie"]
+NAMES = [
+    "person",
+    "car",
+    "dog",
+    "apple",
+    "umbrella",
+    "chair",
+    "cup",
+    "bench",
+    "kite",
+    "orange",
+    "oven",
+    "bus",
+    "cat",
+    "tie",
+]
 N_IMAGES = 40
 SAMPLE = 30
 
@@ -121,7 +136,9 @@ def test_adversarial_negatives_are_the_most_cooccurring_eligible_names(built) ->
     _, truth, pope = built
 
     def ranking(positive: str) -> list[str]:
-        together = {n: sum(positive in truth[i] and n in truth[i] for i in pope.image_ids) for n in NAMES if n != positive}
+        together = {
+            n: sum(positive in truth[i] and n in truth[i] for i in pope.image_ids) for n in NAMES if n != positive
+        }
         return sorted((n for n in together if together[n]), key=lambda n: (-together[n], n))
 
     if pope.fallbacks["adversarial"]:
@@ -175,7 +192,13 @@ def test_pope_from_round_trip_and_checks(built, tmp_path: Path) -> None:
     assert {split: list(r) for split, r in imported.splits.items()} == rows
     assert imported.warnings == ()
     assert imported.report["popular"] | {"file": None} == {
-        "file": None, "questions": 180, "images": 30, "yes": 90, "no": 90, "typos_fixed": 0, "images_without_6_questions": 0,
+        "file": None,
+        "questions": 180,
+        "images": 30,
+        "yes": 90,
+        "no": 90,
+        "typos_fixed": 0,
+        "images_without_6_questions": 0,
     }
     assert imported.image_ids() == set(pope.image_ids)
 

@@ -71,7 +71,14 @@ def test_parsers_on_tricky_answers(text: str, official: str, robust: str | None)
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("I don't know", True), ("", True), ("Maybe", True), ("I'm not sure", False), ("There is a dog", False), ("no", False)],
+    [
+        ("I don't know", True),
+        ("", True),
+        ("Maybe", True),
+        ("I'm not sure", False),
+        ("There is a dog", False),
+        ("no", False),
+    ],
 )
 def test_unreadable_by_both(text: str, expected: bool) -> None:
     assert unreadable_by_both(text) is expected
@@ -106,7 +113,12 @@ def test_zero_division_cases_are_zero() -> None:
     empty = pope_metrics([], [])
     assert (empty["n"], empty["accuracy"], empty["f1"], empty["yes_ratio"]) == (0, 0.0, 0.0, 0.0)
     unparsed = pope_metrics([None, None, None], ["yes", "no", "yes"])
-    assert (unparsed["accuracy"], unparsed["recall"], unparsed["n_unparsed"], unparsed["yes_ratio"]) == (0.0, 0.0, 3, 0.0)
+    assert (unparsed["accuracy"], unparsed["recall"], unparsed["n_unparsed"], unparsed["yes_ratio"]) == (
+        0.0,
+        0.0,
+        3,
+        0.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -151,7 +163,9 @@ def test_join_refuses_missing_unless_allowed() -> None:
 
 
 def _write_jsonl(path: Path, rows: list[dict | str]) -> Path:
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8")
+    path.write_text(
+        "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8"
+    )
     return path
 
 

@@ -41,13 +41,20 @@ class _TemplateProcessor:
 
     def apply_chat_template(self, messages, tokenize: bool, add_generation_prompt: bool) -> str:  # noqa: ANN001
         assert tokenize is False
-        return jinja2.Template(self.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt)
+        return jinja2.Template(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt
+        )
 
 
 @pytest.mark.parametrize(
     ("family", "template", "expected"),
     [
-        ("llava", LLAVA_TEMPLATE, "USER: <image>\nIs there a snowboard in the image?\nAnswer the question using a single word or phrase. ASSISTANT:"),
+        (
+            "llava",
+            LLAVA_TEMPLATE,
+            "USER: <image>\nIs there a snowboard in the image?\nAnswer the question using a single word or phrase. "
+            "ASSISTANT:",
+        ),
         (
             "qwen2-vl",
             QWEN_TEMPLATE,
@@ -56,7 +63,9 @@ class _TemplateProcessor:
         ),
     ],
 )
-def test_rendered_pope_prompt_places_the_image_first_and_asks_for_the_answer(family: str, template: str, expected: str) -> None:
+def test_rendered_pope_prompt_places_the_image_first_and_asks_for_the_answer(
+    family: str, template: str, expected: str
+) -> None:
     processor = _TemplateProcessor(template)
     text = prompts.render_prompt(processor, FAMILIES[family], prompts.pope_prompt(QUESTION, prompts.LLAVA_POPE_SUFFIX))
     assert text == expected
@@ -74,13 +83,17 @@ def test_greedy_protocol_is_one_greedy_run() -> None:
 def test_vcd_protocol_samples_at_temperature_one_over_three_seeds() -> None:
     cfg = EvaluateConfig(pope="random", protocol="vcd", seed=7)
     runs = decodings(cfg, cfg.max_new_tokens)
-    assert [(d.mode, d.seed, d.temperature, d.top_p, d.sampling) for d in runs] == [("sample", s, 1.0, 1.0, True) for s in (7, 8, 9)]
+    assert [(d.mode, d.seed, d.temperature, d.top_p, d.sampling) for d in runs] == [
+        ("sample", s, 1.0, 1.0, True) for s in (7, 8, 9)
+    ]
     assert pope_suffix(cfg) == " Please answer this question with one word."
 
 
 def test_vcd_decoding_keeps_the_protocols_sampling_and_defaults() -> None:
     sampled = decodings(EvaluateConfig(pope="random", protocol="vcd", decode="vcd", seeds=2), 8)
-    assert [(d.mode, d.vcd_sample, d.vcd_alpha, d.vcd_beta, d.vcd_noise_step) for d in sampled] == [("vcd", True, 1.0, 0.1, 500)] * 2
+    assert [(d.mode, d.vcd_sample, d.vcd_alpha, d.vcd_beta, d.vcd_noise_step) for d in sampled] == [
+        ("vcd", True, 1.0, 0.1, 500)
+    ] * 2
     greedy = decodings(EvaluateConfig(pope="random", decode="vcd"), 8)
     assert [(d.mode, d.vcd_sample, d.sampling) for d in greedy] == [("vcd", False, False)]
     assert protocol_label(EvaluateConfig(pope="random", decode="vcd")) == "greedy+vcd-decoding"

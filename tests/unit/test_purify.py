@@ -155,7 +155,8 @@ def test_plausibility_penalty_finite_and_only_outside_head() -> None:
     noisy = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 0.0, 0.0, 1.0]])
     plain = purify(clean, noisy, 0.8)
     gated = purify(clean, noisy, 0.8, plausibility_gamma=0.5, penalty=1e4)
-    # gamma = 0.5: row 0 head = {p >= 0.25} = {0, 1}; row 1 head = {p >= 0.2} = {1, 2, 3} (no exact ties: float log rounding decides those).
+    # gamma = 0.5: row 0 head = {p >= 0.25} = {0, 1}; row 1 head = {p >= 0.2} = {1, 2, 3} (no exact ties: float log
+    # rounding decides those).
     outside = torch.tensor([[False, False, True, True], [True, False, False, False]])
     assert bool(torch.isfinite(gated).all())
     torch.testing.assert_close(gated[~outside], plain[~outside])
