@@ -112,3 +112,18 @@ def test_loading_reexports_the_constants(name: str) -> None:
     from seedcli.models import loading
 
     assert getattr(loading, name) is getattr(choices, name)
+
+
+def test_nothing_points_users_to_files_outside_the_repository() -> None:
+    """Code, docs and tests refer to docs/ for the protocols, never to the team's private notes."""
+    root = PACKAGE.parent
+    banned = ("PROTOCOLS" + ".md", "../" + "shared")
+    paths = [root / "README.md", *root.glob("seedcli/**/*.py"), *root.glob("docs/**/*.md")]
+    paths += [*root.glob("tests/**/*.py"), *root.glob("benchmarks/**/*.py")]
+    found = [
+        f"{path.relative_to(root)}: {word}"
+        for path in paths
+        for word in banned
+        if word in path.read_text(encoding="utf-8")
+    ]
+    assert not found, found
