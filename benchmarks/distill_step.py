@@ -346,7 +346,7 @@ def main() -> None:
         f"shape {shape.name}: {seq} tokens/sample ({image_tokens} image, {sup} supervised), batch {args.batch_size}, "
         f"forward {per_sample.forward / 1e9:.3f} GFLOP/sample (vision {per_sample.vision / 1e9:.3f}, "
         f"LM {per_sample.lm / 1e9:.3f}, head {per_sample.head / 1e9:.3f}); "
-        f"{args.steps} timed steps after {args.warmup} warm-up; data loader: {workers} workers"
+        f"{args.steps} timed steps after {args.warmup} warm-up; data loader: {workers} worker{'s' if workers != 1 else ''}"
         + (" (the engine's default)" if args.num_workers is None else "")
     )
     sft: dict[str, Any] = {}  # the SFT row's step time and configuration FLOPs
@@ -467,7 +467,7 @@ def loader_comparison(report: list[dict[str, Any]], workers: int, device: str) -
         return
     rows = {row["config"]: row for row in report}
     note = "" if device == "cuda" else " (wall time: with workers the encoding leaves this process's CPU time)"
-    print(f"data loader, {workers} workers vs 0{note}:")
+    print(f"data loader, {workers} worker{'s' if workers > 1 else ''} vs 0{note}:")
     for method in ("sft", "seed"):
         on, off = rows.get(method), rows.get(f"{method} num_workers=0")
         if on is None or off is None:
