@@ -346,7 +346,8 @@ def main() -> None:
         f"shape {shape.name}: {seq} tokens/sample ({image_tokens} image, {sup} supervised), batch {args.batch_size}, "
         f"forward {per_sample.forward / 1e9:.3f} GFLOP/sample (vision {per_sample.vision / 1e9:.3f}, "
         f"LM {per_sample.lm / 1e9:.3f}, head {per_sample.head / 1e9:.3f}); "
-        f"{args.steps} timed steps after {args.warmup} warm-up; data loader: {workers} worker{'s' if workers != 1 else ''}"
+        f"{args.steps} timed steps after {args.warmup} warm-up; "
+        f"data loader: {workers} worker{'s' if workers != 1 else ''}"
         + (" (the engine's default)" if args.num_workers is None else "")
     )
     sft: dict[str, Any] = {}  # the SFT row's step time and configuration FLOPs
