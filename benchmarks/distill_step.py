@@ -19,6 +19,12 @@ frozen-base count (f = 2: forward + activation gradients, no weight gradients) p
 configuration recomputes (gradient checkpointing: the language model's forward again; a chunked loss:
 the LM head again); "meas/floor" = measured "x SFT" / "floor x". 1.00 means the step costs exactly
 its extra FLOPs; above it, time goes to something the FLOP count does not see.
+
+The data pipeline: every configuration runs with --num-workers N (default: the engine's default) and,
+when N > 0, SFT and SEED run again with 0 workers (encoding in the training process). "wait %" is the
+loop's own data_wait_share (time blocked on the next batch over step time, as in metrics.jsonl),
+summed over the timed steps. Compare the loader rows by "wall s" and "wait %", not by "step s": on a
+CPU, "step s" is this process's CPU time, and with workers the encoding runs in other processes.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,7 @@ import shapes  # noqa: E402  (benchmarks/ is not a package)
 
 from seedcli.config.distill import DistillConfig  # noqa: E402
 from seedcli.core import distill as engine  # noqa: E402
+from seedcli.core import feed  # noqa: E402
 from seedcli.models import loading  # noqa: E402
 
 
@@ -62,12 +69,13 @@ class _Clock:
 
 
 class ClockReporter:
-    """A Reporter that records step times and drops everything else."""
+    """A Reporter that records step times and metrics lines and drops everything else."""
 
     def __init__(self, sync: bool) -> None:
         self.sync = sync
         self.clock = _Clock(sync)
         self.start = (0.0, 0.0)
+        self.lines: list[dict[str, Any]] = []
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[_Clock]:
@@ -77,7 +85,7 @@ class ClockReporter:
         yield self.clock
 
     def log(self, fields: Mapping[str, Any]) -> None:
-        pass
+        self.lines.append(dict(fields))
 
     def info(self, message: str) -> None:
         pass
@@ -89,6 +97,14 @@ class ClockReporter:
         """Seconds per step, in order: clock 0 = wall time, 1 = this process's CPU time."""
         stamps = [self.start, *self.clock.stamps]
         return [b[clock] - a[clock] for a, b in zip(stamps, stamps[1:])]
+
+
+def data_wait_share(lines: Sequence[Mapping[str, Any]], samples_per_step: int) -> float:
+    """Share of step time spent waiting for data over metrics lines of one step each (NaN without lines)."""
+    # A line holds samples_per_s and data_wait_share of its step: its seconds are samples / samples_per_s.
+    seconds = [samples_per_step / line["samples_per_s"] for line in lines]
+    waited = sum(line["data_wait_share"] * s for line, s in zip(lines, seconds))
+    return waited / sum(seconds) if seconds else float("nan")
 
 
 def matmul_rate(device: str, dtype: torch.dtype, size: int, repeats: int) -> float:
@@ -173,7 +189,8 @@ def run_config(label: str, cfg: DistillConfig, shape: shapes.Shape, attn: str, d
     # On a CPU shared with other jobs, wall time measures the neighbours too: the process's CPU
     # time is the comparable quantity there (with --threads 1 it is the compute actually done).
     times = reporter.step_times(0 if device == "cuda" else 1)
-    return {"label": label, "cfg": cfg, "times": times, "wall": reporter.step_times(0), "peak": top, "before": before}
+    result = {"label": label, "cfg": cfg, "times": times, "wall": reporter.step_times(0), "peak": top, "before": before}
+    return {**result, "lines": reporter.lines}
 
 
 def sequence_lengths(shape: shapes.Shape, data: Path) -> tuple[int, int, int]:
@@ -236,6 +253,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (CPU runs: 1 makes CPU time = compute)."
     )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="Data-loader workers of every row (default: the engine's); with N > 0, SFT and SEED also run with 0.",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
 
@@ -254,6 +277,7 @@ def main() -> None:
     )
 
     steps_total = args.warmup + args.steps
+    workers = args.num_workers if args.num_workers is not None else feed.default_workers(1)
     with tempfile.TemporaryDirectory(prefix="seed-step-bench-") as tmp:
         root = Path(tmp)
         processor = shapes.build_processor(shape) if shape.built else None
@@ -269,7 +293,7 @@ def main() -> None:
             lr=1e-5,
             lora_r=args.lora_r,
             lora_alpha=2 * args.lora_r,
-            log_every=10**6,
+            log_every=1,  # one metrics line per step: its data-wait share
             save_every=10**6,
             warmup_ratio=0.0,
             max_length=max(seq, 8),
@@ -277,6 +301,7 @@ def main() -> None:
             teacher_batching=args.teacher_batching,
             gradient_checkpointing=args.gradient_checkpointing,
             loss_chunk=args.loss_chunk,
+            num_workers=workers,
         )
         runs: list[tuple[str, DistillConfig]] = [
             ("sft", DistillConfig(**common, method="sft", max_steps=steps_total, out=str(root / "sft"))),
@@ -292,6 +317,11 @@ def main() -> None:
                     ),
                 )
             )
+        if workers > 0:  # the same rows without the loader, for the data-wait comparison
+            for method in ("sft", "seed"):
+                out = str(root / f"{method}-0")
+                cfg = DistillConfig(**{**common, "num_workers": 0}, method=method, max_steps=steps_total, out=out)
+                runs.append((f"{method} num_workers=0", cfg))
         fields = {f.name for f in dataclasses.fields(DistillConfig)}
         if args.cache_epochs:
             if "teacher_cache" not in fields:
@@ -316,7 +346,9 @@ def main() -> None:
         f"shape {shape.name}: {seq} tokens/sample ({image_tokens} image, {sup} supervised), batch {args.batch_size}, "
         f"forward {per_sample.forward / 1e9:.3f} GFLOP/sample (vision {per_sample.vision / 1e9:.3f}, "
         f"LM {per_sample.lm / 1e9:.3f}, head {per_sample.head / 1e9:.3f}); "
-        f"{args.steps} timed steps after {args.warmup} warm-up"
+        f"{args.steps} timed steps after {args.warmup} warm-up; "
+        f"data loader: {workers} worker{'s' if workers != 1 else ''}"
+        + (" (the engine's default)" if args.num_workers is None else "")
     )
     sft: dict[str, Any] = {}  # the SFT row's step time and configuration FLOPs
     clock = "wall seconds (CUDA-synchronised)" if device == "cuda" else "CPU seconds of this process"
@@ -324,7 +356,8 @@ def main() -> None:
         f"step s: {clock}"
         + ("" if device == "cuda" else " (a shared CPU's wall time counts other jobs; wall s for reference)")
     )
-    columns = [("config", 34), ("wall s", 8), ("step s", 9), ("x SFT", 6), ("floor x", 7), ("meas/floor", 10)]
+    columns = [("config", 34), ("wall s", 8), ("wait %", 7), ("step s", 9), ("x SFT", 6), ("floor x", 7)]
+    columns += [("meas/floor", 10)]
     columns += [
         ("samples/s", 10),
         ("tokens/s", 10),
@@ -339,8 +372,8 @@ def main() -> None:
     print("-" * len(header))
     report = []
     for res in results:
-        method = "sft" if res["label"] == "sft" else "seed"
-        times, walls = res["times"], res["wall"]
+        method = "sft" if res["label"].startswith("sft") else "seed"
+        times, walls, lines = res["times"], res["wall"], res["lines"]
         rows = []
         if res["label"] == "seed cache=both":
             # Epoch e holds steps [e * steps_total, (e + 1) * steps_total); epoch 1 drops the warm-up.
@@ -349,20 +382,20 @@ def main() -> None:
                 for e in range(args.cache_epochs)
             ]
             for e, (lo, hi) in enumerate(spans, start=1):
-                rows.append(
-                    (f"seed cache=both epoch {e}", statistics.median(times[lo:hi]), statistics.median(walls[lo:hi]))
-                )
+                wait = data_wait_share(lines[lo:hi], args.batch_size)
+                medians = statistics.median(times[lo:hi]), statistics.median(walls[lo:hi])
+                rows.append((f"seed cache=both epoch {e}", *medians, wait))
             mean = (
                 "seed cache=both mean of epochs",
                 statistics.mean(r[1] for r in rows),
                 statistics.mean(r[2] for r in rows),
+                statistics.mean(r[3] for r in rows),
             )
             rows.append(mean)
         else:
-            rows.append(
-                (res["label"], statistics.median(times[args.warmup :]), statistics.median(walls[args.warmup :]))
-            )
-        for label, step_s, wall in rows:
+            step_s, wall = statistics.median(times[args.warmup :]), statistics.median(walls[args.warmup :])
+            rows.append((res["label"], step_s, wall, data_wait_share(lines[args.warmup :], args.batch_size)))
+        for label, step_s, wall, wait in rows:
             # Cached epochs run no teacher: their model FLOPs are the SFT step's.
             teacher_free = label.startswith("seed cache=both epoch") and not label.endswith("epoch 1")
             kind = "sft" if teacher_free else method
@@ -378,7 +411,8 @@ def main() -> None:
             floor_ratio = floor / sft["floor"] if sft else float("nan")
             if label.endswith("mean of epochs"):
                 floor_ratio = float("nan")  # a mean of epochs with different floors has none of its own
-            cells = [f"{label:34}", f"{wall:8.3f}", f"{step_s:9.4f}", f"{ratio:6.2f}", f"{floor_ratio:7.2f}"]
+            cells = [f"{label:34}", f"{wall:8.3f}", f"{100 * wait:6.1f}%", f"{step_s:9.4f}", f"{ratio:6.2f}"]
+            cells += [f"{floor_ratio:7.2f}"]
             cells += [
                 f"{ratio / floor_ratio:10.3f}",
                 f"{args.batch_size / step_s:10.2f}",
@@ -392,6 +426,8 @@ def main() -> None:
                     "config": label,
                     "step_s": step_s,
                     "wall_s": wall,
+                    "data_wait_share": wait,
+                    "num_workers": res["cfg"].num_workers,
                     "x_sft": ratio,
                     "floor_x_sft": floor_ratio,
                     "measured_over_floor": ratio / floor_ratio,
@@ -406,8 +442,10 @@ def main() -> None:
     print(
         "floor x: model FLOPs (f = 2, recomputation included) over the SFT row's; meas/floor = x SFT / floor x. "
         "peak GB: CPU = peak RSS of the whole process (VmHWM); GPU = torch.cuda.max_memory_allocated. "
-        "+GB = above the level before the configuration started."
+        "+GB = above the level before the configuration started. "
+        "wait % = share of the loop's step time spent waiting for data (metrics.jsonl's data_wait_share)."
     )
+    loader_comparison(report, workers, device)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -421,6 +459,24 @@ def main() -> None:
                 },
                 indent=1,
             )
+        )
+
+
+def loader_comparison(report: list[dict[str, Any]], workers: int, device: str) -> None:
+    """Print the data loader's effect: wall step time and data-wait share with `workers` and with 0."""
+    if workers == 0:
+        return
+    rows = {row["config"]: row for row in report}
+    note = "" if device == "cuda" else " (wall time: with workers the encoding leaves this process's CPU time)"
+    print(f"data loader, {workers} worker{'s' if workers > 1 else ''} vs 0{note}:")
+    for method in ("sft", "seed"):
+        on, off = rows.get(method), rows.get(f"{method} num_workers=0")
+        if on is None or off is None:
+            continue
+        print(
+            f"  {method:4}: wall {on['wall_s']:.3f} s vs {off['wall_s']:.3f} s per step "
+            f"(0 workers / {workers}: {off['wall_s'] / on['wall_s']:.2f}x); "
+            f"data wait {100 * on['data_wait_share']:.1f}% vs {100 * off['data_wait_share']:.1f}% of the step"
         )
 
 
