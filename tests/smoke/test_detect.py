@@ -37,19 +37,7 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["counts"]["track1_train"] > 0 and "detect/track1-train.jsonl" in manifest["files"]
     run = tmp_path / "run"
-    args = ["detect", "train", "--models", RUNGS, "--train-files", str(detect / "small-train.jsonl")]
-    args += [
-        "--dev-files",
-        str(detect / "small-dev.jsonl"),
-        "--epochs",
-        "1",
-        "--refine-epochs",
-        "1",
-        "--batch-size",
-        "16",
-    ]
-    args += ["--device", "cpu", "--out", str(run), "--json"]
-    code, out, err = cli(args)
+    code, out, err = cli(_train_args(detect, run))
     assert code == 0, err
     summary = json.loads(out)
     assert list(summary["stages"]) == ["sft", "kd-1", "kd-2", "refine"]
