@@ -228,6 +228,104 @@ def encode_all(processor: Any, family: Any, prompts: Sequence[str], images: Sequ
     return [encode_prompt(processor, family, prompt, as_image(image)) for prompt, image in zip(prompts, images)]
 
 
+@dataclass(frozen=True)
+class ImageEncoding:
+    """What the processor made of one image: enough to encode further prompts about it without the processor.
+
+    The processor renders a prompt's image placeholder token into `expansion` (the image tokens), computes
+    `vision` from the image alone, and gives every token input (e.g. `mm_token_type_ids`) one value per
+    token: `values` over the expansion, `other` everywhere else.
+    """
+
+    image: Any  # the image as given (held, so that an object's id stays its own while it is cached)
+    placeholder: int
+    expansion: tuple[int, ...]
+    values: dict[str, tuple[int, ...]]
+    other: dict[str, int]
+    vision: dict[str, Any]
+
+    def encode(self, text_ids: Sequence[int]) -> Any:
+        """The encoding of a prompt about this image from its unexpanded token ids; None without one placeholder."""
+        from seedcli.models.chat import IGNORE, Encoded
+
+        ids = list(text_ids)
+        if ids.count(self.placeholder) != 1:
+            return None
+        at = ids.index(self.placeholder)
+        rest = len(ids) - at - 1
+        token_inputs = {
+            key: [self.other[key]] * at + list(values) + [self.other[key]] * rest for key, values in self.values.items()
+        }
+        expanded = ids[:at] + list(self.expansion) + ids[at + 1 :]
+        return Encoded(expanded, [IGNORE] * len(expanded), token_inputs, self.vision)
+
+
+def _image_encoding(image: Any, placeholder: int | None, text_ids: Sequence[int], encoded: Any) -> ImageEncoding | None:
+    """The image's `ImageEncoding`, read from one prompt's processor output and checked to reproduce it exactly.
+
+    None when the processor's output is not the tokenized prompt with its one placeholder expanded (the
+    image's prompts then each go through the processor).
+    """
+    ids, full = list(text_ids), encoded.input_ids
+    if placeholder is None or ids.count(placeholder) != 1:
+        return None
+    at = ids.index(placeholder)
+    end = len(full) - (len(ids) - at - 1)  # where the expansion ends in the processor's ids
+    if end <= at:
+        return None
+    values: dict[str, tuple[int, ...]] = {}
+    other: dict[str, int] = {}
+    for key, row in encoded.token_inputs.items():
+        outside = set(row[:at]) | set(row[end:])
+        if len(row) != len(full) or len(outside) > 1:
+            return None
+        values[key], other[key] = tuple(row[at:end]), outside.pop() if outside else 0
+    found = ImageEncoding(image, placeholder, tuple(full[at:end]), values, other, encoded.vision)
+    again = found.encode(ids)
+    if again is None or again.input_ids != full or again.token_inputs != encoded.token_inputs:
+        return None
+    return found
+
+
+def encode_by_image(
+    processor: Any, family: Any, prompts: Sequence[str], images: Sequence[Any], memo: PrefixMemo | None = None
+) -> list[Any]:
+    """What `encode_all` gives, with each image through the processor once (its other prompts only tokenized).
+
+    The first prompt about an image is encoded by the processor as usual; the image tokens and vision inputs
+    found there serve the image's other prompts, which are rendered by the chat template and tokenized
+    without the image, their placeholder replaced by those image tokens. `memo` carries the last image's
+    encoding over to the next call.
+    """
+    from seedcli.models.chat import encode_prompt, prompt_text
+
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+    placeholder = getattr(processor, "image_token_id", None)
+    known: dict[Hashable, ImageEncoding | None] = {}
+    if memo is not None and memo.image is not None:
+        known[image_key(memo.image.image)] = memo.image
+    out = []
+    for prompt, image in zip(prompts, images):
+        key = image_key(image)
+        text_ids = None
+        if known.get(key) is not None:
+            text_ids = processor.tokenizer(prompt_text(processor, family, prompt))["input_ids"]
+            encoded = known[key].encode(text_ids)  # type: ignore[union-attr]
+            if encoded is not None:
+                out.append(encoded)
+                continue
+        encoded = encode_prompt(processor, family, prompt, as_image(image))
+        if key not in known:
+            if text_ids is None:
+                text_ids = processor.tokenizer(prompt_text(processor, family, prompt))["input_ids"]
+            known[key] = _image_encoding(image, placeholder, text_ids, encoded)
+        out.append(encoded)
+    if memo is not None and images:
+        memo.image = known.get(image_key(images[-1]))
+    return out
+
+
 def to_batch(encoded: Sequence[Any], *, pad: int, device: Any, dtype: Any) -> dict[str, Any]:
     """Left-padded model inputs on `device`, floating tensors in `dtype` (no labels)."""
     from seedcli.models.chat import collate
@@ -368,6 +466,21 @@ class PrefixMemo:
     ids: tuple[int, ...] = ()  # the prefix tokens
     cache: Any = None  # their KV cache, one row (left-padded as it was in its batch)
     mask: Any = None  # [1, T] its attention mask, 0 on that padding
+    image: ImageEncoding | None = None  # the last image's processor output (`encode_by_image`)
+
+
+def _vision_digests(encoded: Sequence[Any]) -> list[bytes]:
+    """sha256 of each sample's vision inputs; samples that hold the same tensors (`encode_by_image`) hashed once."""
+    seen: dict[tuple[int, ...], bytes] = {}
+    digests = []
+    for enc in encoded:
+        same = tuple(id(value) for value in enc.vision.values())
+        if same not in seen:
+            digest = hashlib.sha256()
+            _hash_vision(digest, enc.vision)
+            seen[same] = digest.digest()
+        digests.append(seen[same])
+    return digests
 
 
 def _reuses(memo: PrefixMemo | None, digests: Sequence[bytes], encoded: Sequence[Any]) -> bool:
@@ -397,10 +510,8 @@ def prefill_shared(
     import torch
 
     groups: dict[bytes, list[int]] = {}
-    for i, enc in enumerate(encoded):
-        digest = hashlib.sha256()
-        _hash_vision(digest, enc.vision)
-        groups.setdefault(digest.digest(), []).append(i)
+    for i, digest in enumerate(_vision_digests(encoded)):
+        groups.setdefault(digest, []).append(i)
     members = list(groups.values())
     image_token = _image_token_id(model)
     reuse = _reuses(memo, list(groups), encoded)
@@ -587,7 +698,11 @@ def generate(
     total = sum(len(batch) for batch in batches)
     with reporter.task(f"generating ({decoding.mode})", total=total, unit="q") as task, torch.inference_mode():
         for batch in batches:
-            encoded = encode_all(processor, family, [prompts[i] for i in batch], [images[i] for i in batch])
+            asked = [prompts[i] for i in batch], [images[i] for i in batch]
+            if memo is None:
+                encoded = encode_all(processor, family, *asked)
+            else:  # prefix sharing: each image through the processor once
+                encoded = encode_by_image(processor, family, *asked, memo=memo)
             answers.update(zip(batch, _decode_batch(model, processor, family, encoded, decoding, memo)))
             task.advance(len(batch))
     return [answers[source[i]] for i in range(len(prompts))]

@@ -107,7 +107,7 @@ def score_logits(
     """Yes/no decisions from one left-padded forward per batch (prefix-shared per image when asked)."""
     import torch
 
-    from seedcli.evals.generation import PrefixMemo, encode_all, next_token_stream, plan
+    from seedcli.evals.generation import PrefixMemo, encode_all, encode_by_image, next_token_stream, plan
 
     batches, source = plan(prompts, images, batch_size, share_prefix)
     memo = (prefix_memo or PrefixMemo()) if share_prefix else None
@@ -116,7 +116,11 @@ def score_logits(
     total = sum(len(batch) for batch in batches)
     with reporter.task("scoring yes/no logits", total=total, unit="q") as task, torch.inference_mode():
         for batch in batches:
-            encoded = encode_all(processor, family, [prompts[i] for i in batch], [images[i] for i in batch])
+            asked = [prompts[i] for i in batch], [images[i] for i in batch]
+            if memo is None:
+                encoded = encode_all(processor, family, *asked)
+            else:  # prefix sharing: each image through the processor once
+                encoded = encode_by_image(processor, family, *asked, memo=memo)
             stream = next_token_stream(model, processor, family, encoded, share_prefix=share_prefix, memo=memo)
             results.update(zip(batch, yes_no_scores(stream.logits, tokens)))
             task.advance(len(batch))

@@ -166,10 +166,15 @@ def encode(
     return Encoded(input_ids=expanded, labels=full_labels, token_inputs=token_inputs, vision=vision)
 
 
+def prompt_text(processor: Any, family: Family, prompt: str) -> str:
+    """A single user prompt (with the image) rendered by the chat template, with a generation prompt."""
+    chat = template_messages([{"role": "user", "content": prompt}], family=family, eos_token=None)
+    return _render(processor, chat, generation_prompt=True)
+
+
 def encode_prompt(processor: Any, family: Family, prompt: str, image: Any) -> Encoded:
     """Encode a single user prompt with a generation prompt (for generation and scoring)."""
-    chat = template_messages([{"role": "user", "content": prompt}], family=family, eos_token=None)
-    text = _render(processor, chat, generation_prompt=True)
+    text = prompt_text(processor, family, prompt)
     batch = processor(text=[text], images=[image], return_tensors="pt")
     ids = batch["input_ids"][0].tolist()
     token_inputs = {key: batch[key][0].tolist() for key in family.token_inputs if key in batch}
