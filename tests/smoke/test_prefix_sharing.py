@@ -8,7 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from seedcli.evals.generation import Decoding, generate, plan, prefill, prefill_shared, to_batch
+from seedcli.evals.generation import (
+    Decoding,
+    PrefixMemo,
+    encode_all,
+    encode_by_image,
+    generate,
+    plan,
+    prefill,
+    prefill_shared,
+    to_batch,
+)
 from seedcli.evals.pope_logits import answer_tokens, score_logits
 from seedcli.models.chat import encode_prompt
 
@@ -21,6 +31,7 @@ QUESTIONS = [
     "Is there a cat in the image?\nAnswer the question using a single word or phrase.",
 ]
 COLORS = [(200, 30, 30), (10, 200, 10), (10, 10, 200)]
+MIXED = ((40, 40), (84, 56), (56, 112))
 
 
 def _items(sizes: tuple[tuple[int, int], ...] = ((40, 40),) * 3) -> tuple[list[str], list[Image.Image]]:
@@ -38,7 +49,7 @@ def _items(sizes: tuple[tuple[int, int], ...] = ((40, 40),) * 3) -> tuple[list[s
         ("tiny_llava", ((40, 40),) * 3),
         ("tiny_qwen", ((40, 40),) * 3),
         # Qwen2-VL gives each image as many tokens as its size needs: prefixes of different lengths in one batch.
-        ("tiny_qwen", ((40, 40), (84, 56), (56, 112))),
+        ("tiny_qwen", MIXED),
     ],
 )
 def test_shared_prefix_logits_and_steps_equal_a_full_prefill(fixture: str, sizes, request) -> None:
@@ -76,7 +87,8 @@ def test_shared_prefix_logits_and_steps_equal_a_full_prefill(fixture: str, sizes
 )
 def test_shared_answers_equal_unshared_answers(fixture: str, decoding: Decoding, request) -> None:
     loaded = request.getfixturevalue(fixture)
-    prompts, images = _items()
+    # Qwen2-VL: images of different sizes, so the images' prompts differ in length and image tokens.
+    prompts, images = _items(MIXED if fixture == "tiny_qwen" else ((40, 40),) * 3)
     args = (loaded.model, loaded.processor, loaded.family, prompts, images, decoding)
     unshared = generate(*args, batch_size=5)
     shared = generate(*args, batch_size=5, share_prefix=True)
@@ -146,3 +158,41 @@ def test_plan_answers_each_distinct_item_once_grouped_by_image() -> None:
     assert batches == [[0, 3, 1], [4]]  # full batches
     batches, source = plan(prompts, images, batch_size=2, share_prefix=False)
     assert batches == [[0, 1], [2, 3], [4]] and source == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("fixture", "sizes"), [("tiny_llava", ((40, 40),) * 3), ("tiny_qwen", MIXED)])
+def test_encode_by_image_equals_the_processor_and_runs_it_once_per_image(fixture: str, sizes, request, monkeypatch):
+    """Prompts encoded from their image's first processor output equal the processor's own encodings."""
+    from seedcli.models import chat
+
+    loaded = request.getfixturevalue(fixture)
+    processor, family = loaded.processor, loaded.family
+    prompts, images = _items(sizes)
+    want = encode_all(processor, family, prompts, images)
+    real, calls = chat.encode_prompt, []
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chat, "encode_prompt", counting)
+    # Two calls, as `seed evaluate` makes one per batch: the memo carries the first call's last image (the
+    # third) into the second call; the other two images go through the processor once per call.
+    memo = PrefixMemo()
+    got = encode_by_image(processor, family, prompts[:6], images[:6], memo)
+    got += encode_by_image(processor, family, prompts[6:], images[6:], memo)
+    assert len(calls) == 3 + 2
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g.input_ids, g.labels, g.token_inputs) == (w.input_ids, w.labels, w.token_inputs)
+        assert sorted(g.vision) == sorted(w.vision)
+        assert all(torch.equal(g.vision[key], w.vision[key]) for key in w.vision)
+    if fixture == "tiny_qwen":  # the sizes give different image-token counts, and token inputs to reproduce
+        assert len({sum(w.token_inputs["mm_token_type_ids"]) for w in want}) == len(sizes)
+
+    # Without a known image token every prompt goes through the processor, with the same result.
+    monkeypatch.setattr(processor, "image_token_id", None)
+    calls.clear()
+    again = encode_by_image(processor, family, prompts, images, PrefixMemo())
+    assert len(calls) == len(prompts)
+    assert [g.input_ids for g in again] == [w.input_ids for w in want]
