@@ -15,7 +15,9 @@ repeated to one row per question (`Cache.batch_select_indices`), and each questi
 fed from there, left-padded between prefix and question (the gap is masked). Every token keeps the
 position it has in its whole prompt, so this computes what a full prefill computes, up to float
 rounding. Identical (prompt, image) items are computed once. When a prompt has image tokens after its
-image's common prefix, that batch falls back to the full prefill.
+image's common prefix, that batch falls back to the full prefill. The shared path also encodes each image
+once (`encode_by_image`): the processor's output for its first prompt gives the image tokens and vision
+inputs of its other prompts, which are only tokenized.
 
 VCD runs two such streams, each with its own KV cache: the clean image v and the noised image
 v' = sqrt(a) v + sqrt(1 - a) eps, a = abar_k of VCD's schedule. Per step
