@@ -6,9 +6,10 @@ three splits do: the same 3 positive questions in every split and 3 negatives pe
 12 distinct). Paths:
 - naive generate: `model.generate(max_new_tokens, greedy)` for one question at a time;
 - today's batched generate: `seedcli.evals.generation.generate` (left padding, KV cache), one call per
-  split as `seed evaluate` ran it before prefix sharing;
+  split, as `seed evaluate` ran it before prefix sharing and runs it with `--no-share-prefix`;
 - prefix-shared generate: `generate(..., share_prefix=True)` over all splits at once, as `seed evaluate`
-  runs POPE now: each distinct (image, question) once, one prefilled prefix per image;
+  runs POPE by default: each distinct (image, question) once, one prefilled prefix and one processor call
+  per image;
 - naive logits: one unbatched forward per question, yes/no decision from the next-token logits;
 - batched and prefix-shared logits: `seedcli.evals.pope_logits.score_logits` (`--pope-scoring logits`).
 Every answer of a batched path is compared with the naive answer (on the naive loop's questions), and

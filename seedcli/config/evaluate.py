@@ -103,6 +103,12 @@ class EvaluateConfig:
     )
     vcd_noise_step: int = option(500, "VCD noise step k of the 1000-step schedule.", min=0, max=999, panel=DECODE)
     batch_size: int = option(8, "Questions per batch.", min=1, panel=DECODE)
+    share_prefix: bool = option(
+        True,
+        "POPE: answer all splits together, each distinct question once, with one prefilled prompt prefix and one "
+        "processor call per image; --no-share-prefix answers each split in plain batches (same answers, slower).",
+        panel=DECODE,
+    )
 
     pope_file: Path | None = option(
         None, "Score-only: an official POPE question file (JSONL); needs --answers.", panel=SCORE

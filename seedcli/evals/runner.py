@@ -399,6 +399,9 @@ def _run_pope(
     from seedcli.evals import generation
     from seedcli.evals.pope_logits import answer_tokens, score_logits
 
+    if not cfg.share_prefix:
+        _run_pope_unshared(loaded, spec, entries, cfg, data, samples, reporter)
+        return
     suffix = pope_suffix(cfg)
     decoding = entries[0][0].decoding
     tokens = answer_tokens(loaded.processor.tokenizer) if cfg.pope_scoring == "logits" else None
@@ -429,6 +432,40 @@ def _run_pope(
                     rows += _pope_rows(spec, part.split or "", decoding.seed, [question], [prompts[i]], [output])
             atomic.append_jsonl_rows(samples, rows)
             task.advance(len(rows))
+
+
+def _run_pope_unshared(
+    loaded: Any,
+    spec: ModelSpec,
+    entries: Sequence[tuple[_Part, list[dict[str, Any]]]],
+    cfg: EvaluateConfig,
+    data: Any,
+    samples: Path,
+    reporter: Reporter,
+) -> None:
+    """`--no-share-prefix`: each split's pending questions in plain batches, every question computed in full."""
+    from seedcli.evals import generation
+    from seedcli.evals.pope_logits import answer_tokens, score_logits
+
+    suffix = pope_suffix(cfg)
+    tokens = answer_tokens(loaded.processor.tokenizer) if cfg.pope_scoring == "logits" else None
+    model, processor, family = loaded.model, loaded.processor, loaded.family
+    for part, pending in entries:
+        seed_note = f" seed {part.decoding.seed}" if len(_seeds(cfg)) > 1 else ""
+        with reporter.task(f"{spec.label} {part.name}{seed_note}", total=len(pending), unit="q") as task:
+            for start in range(0, len(pending), cfg.batch_size):
+                chunk = pending[start : start + cfg.batch_size]
+                prompts = [pope_prompt(question["text"], suffix) for question in chunk]
+                asked = prompts, [data.resolve_image("pope", question["image"]) for question in chunk]
+                if tokens is not None:
+                    outputs: list[Any] = score_logits(model, processor, family, *asked, tokens, batch_size=len(chunk))
+                else:
+                    outputs = generation.generate(
+                        model, processor, family, *asked, part.decoding, batch_size=len(chunk)
+                    )
+                rows = _pope_rows(spec, part.split or "", part.decoding.seed, chunk, prompts, outputs)
+                atomic.append_jsonl_rows(samples, rows)
+                task.advance(len(chunk))
 
 
 def _run_chair(

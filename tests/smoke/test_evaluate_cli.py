@@ -279,6 +279,43 @@ def test_interrupted_all_splits_run_resumes_to_the_uninterrupted_samples(
     assert _samples(out) == _samples(tmp_path / "whole")
 
 
+@pytest.mark.parametrize("scoring", ["generate", "logits"])
+def test_no_share_prefix_computes_every_question_with_the_same_results(
+    cli, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scoring: str
+) -> None:
+    """The off switch runs each split in plain batches (every question computed); the samples are the same."""
+    from seedcli.evals import generation, pope_logits
+
+    args = ["evaluate", "--model", "tiny-llava", "--data", str(data_dir), "--pope", "all", "--json", *FAST[:2]]
+    args += ["--batch-size", "5", "--pope-scoring", scoring]
+    shares: list[bool] = []
+    for module, name in ((generation, "generate"), (pope_logits, "score_logits")):
+        real = getattr(module, name)
+
+        def recording(*call, real=real, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            shares.extend([kwargs.get("share_prefix", False)] * len(call[3]))
+            return real(*call, **kwargs)
+
+        monkeypatch.setattr(module, name, recording)
+    code, _, err = cli([*args, "--out", str(tmp_path / "shared")])
+    assert code == 0, err
+    assert shares == [True] * _distinct(8)
+    shares.clear()
+    code, _, err = cli([*args, "--out", str(tmp_path / "plain"), "--no-share-prefix"])
+    assert code == 0, err
+    assert shares == [False] * (3 * 8)
+    shared, plain = _samples(tmp_path / "shared"), _samples(tmp_path / "plain")
+    assert len(plain) == 3 * 8 and len({r["output"] for r in plain}) > 1
+    if scoring == "generate":
+        assert plain == shared
+    else:  # the same decisions; the scores of a shared prefix agree up to float rounding
+        scores = ("yes_score", "no_score")
+        assert [{k: v for k, v in r.items() if k not in scores} for r in plain] == [
+            {k: v for k, v in r.items() if k not in scores} for r in shared
+        ]
+        assert all(abs(a[k] - b[k]) < 1e-4 for a, b in zip(plain, shared) for k in scores)
+
+
 def test_adapter_run_is_compared_with_its_base(cli, data_dir: Path, adapter_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     code, stdout, stderr = cli(
