@@ -12,6 +12,8 @@ no-refine (its student before refinement). Prints a Markdown table (mean and std
 writes every result under --out.
 
     python benchmarks/detect_hkd.py --seeds 1,2,3 --out runs/detect-hkd
+
+The default ladder is the world-pretrained tiny rungs (built and cached on first use, minutes of CPU).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-RUNGS = ("tiny-qwen2-vl-l", "tiny-qwen2-vl-m", "tiny-qwen2-vl-s")
+# World-pretrained tiny rungs (seedcli.detect.pretrain), largest first; --ladder picks others.
+LADDER = "tiny-qwen2-vl-l-world,tiny-qwen2-vl-m-world,tiny-qwen2-vl-s-world"
 VARIANTS = {"hkd": [], "offline": ["--offline"], "no-pyramid": ["--no-pyramid"], "no-augment": ["--no-augment"]}
 ROWS = (
     ("hkd", "HKD student (S), K shifts"),
@@ -53,7 +56,7 @@ def train_args(cfg: argparse.Namespace, data: Path, out: Path, seed: int) -> lis
     return [
         "detect", "train", "--data", str(data), "--out", str(out), "--overwrite", "--seed", str(seed),
         "--epochs", str(cfg.epochs), "--refine-epochs", str(cfg.refine_epochs), "--device", "cpu", "--json",
-        "--batch-size", str(cfg.batch_size),
+        "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--models", ",".join(cfg.ladder),
     ]  # fmt: skip
 
 
@@ -67,7 +70,7 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
     student_epochs = cfg.epochs + cfg.refine_epochs
     jobs["direct-S"] = train_args(cfg, data, root / "direct-S", seed) + [
         "--models",
-        RUNGS[-1],
+        cfg.ladder[-1],
         "--epochs",
         str(student_epochs),
     ]
@@ -81,7 +84,7 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
         "hkd": str(root / "hkd"),
         "direct-S": str(root / "direct-S"),
         "direct-L": f"{root / 'hkd'}@sft",
-        "no-refine": f"{root / 'hkd'}@kd-{len(RUNGS) - 1}",
+        "no-refine": f"{root / 'hkd'}@kd-{len(cfg.ladder) - 1}",
     }
     specs |= {name: str(root / name) for name in variants if name != "hkd"}
     base = ["detect", "evaluate", "--data", str(data), "--split", "test", "--device", "cpu", "--json"]
@@ -94,6 +97,13 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
     results["hkd-k1"] = json.loads(single.result())["models"][0]
     (root / "summary.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def build_ladder(names: list[str]) -> None:
+    """Build (pretrain) every rung once, in parallel, before the trainings race to the same cache entries."""
+    code = "import sys; from seedcli.models.families import resolve; print(resolve(sys.argv[1]).source)"
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda name: subprocess.run([sys.executable, "-c", code, name], check=True), names))
 
 
 def headline(entry: dict) -> dict[str, float]:
@@ -124,11 +134,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--refine-epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ladder", default=LADDER, help="rungs, largest first (--models of seed detect train)")
     parser.add_argument("--shifts", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=4, help="trainings run at once")
     parser.add_argument("--ablation-seeds", default="1,2,3", help="seeds that also train the ablations")
     cfg = parser.parse_args()
     seeds = [int(s) for s in cfg.seeds.split(",")]
+    cfg.ladder = cfg.ladder.split(",")
+    build_ladder(cfg.ladder)
     cfg.ablation_seeds = {int(s) for s in cfg.ablation_seeds.split(",") if s}
     with ThreadPoolExecutor(cfg.jobs) as pool, ThreadPoolExecutor(len(seeds)) as outer:
         per_seed = dict(zip(seeds, outer.map(lambda s: run_seed(cfg, s, pool), seeds)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from seedcli.detect.items import FACTUAL, NOT_FACTUAL, Item, Option, write_items
 from seedcli.detect.prompts import CAPTION_OPENERS, IDENTIFIER_SETS, SIZES
@@ -53,7 +54,7 @@ class Thing:
     cell: int
 
 
-def _relation(a: Thing, b: Thing, rng: random.Random) -> str:
+def true_relation(a: Thing, b: Thing, rng: random.Random) -> str:
     """A true relation of `a` to `b` (distinct cells of the grid always have one)."""
     (ra, ca), (rb, cb) = divmod(a.cell, GRID), divmod(b.cell, GRID)
     choices = []
@@ -65,6 +66,12 @@ def _relation(a: Thing, b: Thing, rng: random.Random) -> str:
 
 
 def _render(things: list[Thing], size: int, rng: random.Random, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw(things, size, rng).save(path, format="PNG")
+
+
+def draw(things: list[Thing], size: int, rng: random.Random) -> Any:
+    """The RGB image of `things` on a noisy grey background (a PIL image of side `size`)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -84,11 +91,11 @@ def _render(things: list[Thing], size: int, rng: random.Random, path: Path) -> N
         pixels[np.asarray(mask_image) > 0] = [
             min(255, max(0, c + rng.randint(-12, 12))) for c in kinds[thing.name].colour
         ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, "RGB").save(path, format="PNG")
+    return Image.fromarray(pixels, "RGB")
 
 
-def _scene(rng: random.Random, spec: WorldSpec) -> list[Thing]:
+def scene(rng: random.Random, spec: WorldSpec) -> list[Thing]:
+    """A random scene: distinct kinds in distinct grid cells, each big or small."""
     from seedcli.data.synthetic import KINDS
 
     names = rng.sample([k.name for k in KINDS], rng.randint(*spec.objects))
@@ -96,7 +103,8 @@ def _scene(rng: random.Random, spec: WorldSpec) -> list[Thing]:
     return [Thing(n, rng.choice(sorted(SIZES)), c) for n, c in zip(names, cells)]
 
 
-def _absent(things: list[Thing], rng: random.Random) -> str:
+def absent_kind(things: list[Thing], rng: random.Random) -> str:
+    """A kind not in the scene: half the time the usual partner of a present one (the co-occurrence prior)."""
     from seedcli.data.synthetic import KINDS, PAIRS
 
     present = {t.name for t in things}
@@ -108,7 +116,8 @@ def _absent(things: list[Thing], rng: random.Random) -> str:
     return rng.choice([k.name for k in KINDS if k.name not in present])
 
 
-def _other_size(size: str) -> str:
+def other_size(size: str) -> str:
+    """The size word that is not `size`."""
     return next(s for s in sorted(SIZES) if s != size)
 
 
@@ -121,11 +130,11 @@ def track1_item(item_id: str, image: Path, things: list[Thing], rng: random.Rand
     phrases: list[tuple[str, str, bool]] = []  # (size, name, size wrong)
     for t in things:
         wrong = rng.random() < spec.attribute_rate
-        size = _other_size(t.size) if wrong else t.size
+        size = other_size(t.size) if wrong else t.size
         phrases.append((size, t.name, wrong))
     hallucinated_object = None
     if rng.random() < spec.object_rate:
-        hallucinated_object = _absent(things, rng)
+        hallucinated_object = absent_kind(things, rng)
         phrases.insert(rng.randint(0, len(phrases)), (rng.choice(sorted(SIZES)), hallucinated_object, False))
     listed = [f"{_article(c)} {c} {n}" for c, n, _ in phrases]
     objects = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
@@ -139,7 +148,7 @@ def track1_item(item_id: str, image: Path, things: list[Thing], rng: random.Rand
         options.append((f"{size} {name}", "attribute", wrong or absent))
     pairs = [(a, b) for a in things for b in things if a is not b]
     for a, b in rng.sample(pairs, min(len(pairs), rng.randint(*spec.relations))):
-        relation = _relation(a, b, rng)
+        relation = true_relation(a, b, rng)
         wrong = rng.random() < spec.relation_rate
         phrase = f"{a.name} is {OPPOSITE[relation] if wrong else relation} the {b.name}"
         if any(phrase == text for text, _, _ in options):
@@ -159,14 +168,14 @@ def track2_item(item_id: str, image: Path, things: list[Thing], rng: random.Rand
     factual = rng.random() < 0.5
     kind = rng.choice(("object", "attribute", "relation") if len(things) > 1 else ("object", "attribute"))
     if kind == "object":
-        name = rng.choice(things).name if factual else _absent(things, rng)
+        name = rng.choice(things).name if factual else absent_kind(things, rng)
         claim = f"there is {_article(name)} {name}."
     elif kind == "attribute":
         t = rng.choice(things)
-        claim = f"the {t.name} is {t.size if factual else _other_size(t.size)}."
+        claim = f"the {t.name} is {t.size if factual else other_size(t.size)}."
     else:
         a, b = rng.sample(things, 2)
-        relation = _relation(a, b, rng)
+        relation = true_relation(a, b, rng)
         claim = f"the {a.name} is {relation if factual else OPPOSITE[relation]} the {b.name}."
     return Item(item_id, image, 2, claim, context, (), (FACTUAL if factual else NOT_FACTUAL,))
 
@@ -187,7 +196,7 @@ def build_detect_sets(
                 for i in range(n):
                     item_id = f"t{track}-{split}-{i:05d}"
                     image = out / IMAGES_DIR / f"{item_id}.png"
-                    things = _scene(rng, spec)
+                    things = scene(rng, spec)
                     _render(things, spec.image_size, rng, image)
                     if track == 1:
                         items.append(track1_item(item_id, image, things, rng, spec))

@@ -80,6 +80,9 @@ TINY_MODELS = (
     "tiny-qwen2-vl-s",  # the three rungs of the detection pyramid (seed detect)
     "tiny-qwen2-vl-m",
     "tiny-qwen2-vl-l",
+    "tiny-qwen2-vl-s-world",  # the same rungs after world pretraining (seedcli.detect.pretrain)
+    "tiny-qwen2-vl-m-world",
+    "tiny-qwen2-vl-l-world",
 )
 
 ALIASES: dict[str, str] = {

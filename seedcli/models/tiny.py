@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -114,6 +115,12 @@ RUNGS: dict[str, Rung] = {
         vision={"depth": 1, "embed_dim": 64, "num_heads": 4},
     ),
 }
+
+
+# The same rungs after world pretraining (seedcli.detect.pretrain): trained to answer grounded yes/no
+# questions about the detection world's scenes, the analogue of a real VLM's pretraining.
+WORLD_SUFFIX = "-world"
+WORLD_RUNGS: dict[str, str] = {f"{name}{WORLD_SUFFIX}": name for name in RUNGS}
 
 
 def _rung_words() -> tuple[str, ...]:
@@ -280,7 +287,23 @@ def _build_rung(name: str) -> Any:
     return lambda out: _build_qwen2_vl(out, rung.text, rung.vision, rung.image_size, _rung_words())
 
 
-BUILDERS = {"tiny-llava": _build_llava, "tiny-qwen2-vl": _build_qwen2_vl, **{name: _build_rung(name) for name in RUNGS}}
+def _build_world_rung(name: str) -> Any:
+    def build(out: Path) -> None:
+        from seedcli.detect.pretrain import build as pretrain
+
+        # Minutes of CPU on first use; say so on stderr (stdout carries results).
+        print(f"{name}: world pretraining of {WORLD_RUNGS[name]} (first use only, then cached)", file=sys.stderr)
+        pretrain(WORLD_RUNGS[name], out)
+
+    return build
+
+
+BUILDERS = {
+    "tiny-llava": _build_llava,
+    "tiny-qwen2-vl": _build_qwen2_vl,
+    **{name: _build_rung(name) for name in RUNGS},
+    **{name: _build_world_rung(name) for name in WORLD_RUNGS},
+}
 
 
 def cache_root() -> Path:
@@ -309,6 +332,14 @@ def fingerprint(name: str) -> str:
             "vision": rung.vision,
             "image": rung.image_size,
         }
+    if name in WORLD_RUNGS:
+        from seedcli.detect.pretrain import spec as pretrain_spec
+
+        return _digest({"name": name, "base": fingerprint(WORLD_RUNGS[name]), "pretrain": pretrain_spec()})
+    return _digest(spec)
+
+
+def _digest(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -1,0 +1,285 @@
+"""World pretraining of the tiny detection rungs: ground the world's words in its images first.
+
+Real vision-language models reach detection fine-tuning already able to tell whether an image shows
+"a big fork" or "the fork left of the cup"; randomly initialised tiny rungs are not, and within a
+CPU budget they learn only the base rate of each option kind. This module gives every tiny rung the
+same head start: all its weights are trained to answer short grounded yes/no questions about
+scenes drawn by the detection world's generator (`seedcli.detect.world`) from its own random
+stream, never the detection items' stream:
+
+    Answer yes or no: is this in the image?
+    a big fork                      (existence, size, or "the fork is left of the cup")
+
+Half the phrases are true of the scene; the others name an absent kind (half the time the usual
+partner of a present one), give a present object the wrong size, or reverse a true relation. The
+label words are drawn from the detector's pairs (yes/no, true/false, right/wrong). Every rung gets
+the same corpus, the same number of steps and the same optimiser settings (`PretrainRecipe`).
+
+The result is an ordinary checkpoint, cached by `seedcli.models.tiny` under the rung's name with a
+`-world` suffix (`tiny-qwen2-vl-s-world`, ...), keyed by the base rung and the recipe. Training is
+deterministic on CPU for a given recipe and thread count: one torch seed, seeded corpus and order.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from seedcli.detect import prompts
+from seedcli.detect.questions import Question
+from seedcli.reporting import NullReporter, Reporter
+
+PRETRAIN_VERSION = 1  # bump when the corpus or the training loop changes what it computes
+META_FILE = "pretrain.json"
+PROMPT = "Answer {yes} or {no}: is this in the image?\n{phrase}"
+CAPTION_PROMPT = "describe the image."
+KINDS = ("object", "attribute", "relation")
+STREAM = "detect-pretrain"  # the detection sets draw from "detect-<seed>": the streams never coincide
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """The corpus and the budget of world pretraining; the same for every rung."""
+
+    scenes: int = 2000
+    steps: int = 1500
+    caption_only_steps: int = 500
+    question_weight: float = 1.0
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+RECIPE = PretrainRecipe()
+
+
+@dataclass
+class Pictures:
+    """Scene images held in memory, with the `get(index, flip)` interface of `scoring.Images`."""
+
+    images: list[Any]
+
+    def get(self, index: int, flip: bool) -> Any:
+        """Image `index` (the corpus is never mirrored)."""
+        return self.images[index]
+
+
+def _phrase(kind: str, true: bool, things: list[Any], rng: random.Random) -> str:
+    from seedcli.detect import world
+
+    def article(word: str) -> str:
+        return "an" if word[:1] in "aeiou" else "a"
+
+    if kind == "object":
+        name = rng.choice(things).name if true else world.absent_kind(things, rng)
+        return f"{article(name)} {name}"
+    thing = rng.choice(things)
+    if kind == "attribute":
+        size = thing.size if true else world.other_size(thing.size)
+        return f"{article(size)} {size} {thing.name}"
+    a, b = rng.sample(things, 2)
+    relation = world.true_relation(a, b, rng)
+    return f"the {a.name} is {relation if true else world.OPPOSITE[relation]} the {b.name}"
+
+
+def caption(things: list[Any], rng: random.Random) -> str:
+    """A true caption: the objects in reading order (grid cells) with their sizes, then one or two relations."""
+    from seedcli.detect import world
+
+    ordered = sorted(things, key=lambda t: t.cell)
+    listed = [f"{'an' if t.size[:1] in 'aeiou' else 'a'} {t.size} {t.name}" for t in ordered]
+    text = (listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]) + "."
+    pairs = [(a, b) for a in ordered for b in ordered if a is not b]
+    for a, b in rng.sample(pairs, min(len(pairs), rng.randint(1, 2))):
+        text += f" the {a.name} is {world.true_relation(a, b, rng)} the {b.name}."
+    return text
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Scene images, one true caption per scene, and the yes/no questions (with their kinds)."""
+
+    images: list[Any]
+    captions: list[str]
+    questions: list[Question]
+    kinds: list[str]
+
+
+def corpus(scenes: int, seed: int) -> Corpus:
+    """`scenes` scenes from the pretraining stream `seed`: images, captions, one question per kind and scene."""
+    from seedcli.detect import world
+
+    spec = world.WorldSpec()
+    rng = random.Random(f"{STREAM}-{seed}")
+    images: list[Any] = []
+    captions: list[str] = []
+    questions: list[Question] = []
+    kinds: list[str] = []
+    for index in range(scenes):
+        things = world.scene(rng, spec)
+        images.append(world.draw(things, spec.image_size, rng))
+        captions.append(caption(things, rng))
+        for kind in KINDS:
+            if kind == "relation" and len(things) < 2:
+                continue
+            true = rng.random() < 0.5
+            yes, no = prompts.LABEL_WORDS[rng.randrange(len(prompts.LABEL_WORDS))]
+            prompt = PROMPT.format(yes=yes, no=no, phrase=_phrase(kind, true, things, rng))
+            questions.append(Question(index, -1, prompt, (yes, no), False, int(not true)))
+            kinds.append(kind)
+    return Corpus(images, captions, questions, kinds)
+
+
+def spec(recipe: PretrainRecipe | None = None) -> dict[str, Any]:
+    """What a pretrained rung is built from besides its base rung (part of its cache key)."""
+    import torch
+    import transformers
+
+    from seedcli.detect.world import WorldSpec
+
+    return {
+        "recipe": asdict(recipe or RECIPE),
+        "world": asdict(WorldSpec()),
+        "version": PRETRAIN_VERSION,
+        "prompts": [PROMPT, CAPTION_PROMPT],
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+    }
+
+
+def _encode_captions(loaded: Any, data: Corpus) -> list[Any]:
+    from seedcli.models.chat import encode
+
+    return [
+        encode(
+            loaded.processor,
+            loaded.family,
+            [{"role": "user", "content": CAPTION_PROMPT}, {"role": "assistant", "content": text}],
+            image,
+            where=f"pretraining scene {i}",
+        )
+        for i, (image, text) in enumerate(zip(data.images, data.captions))
+    ]
+
+
+def _order(n: int, seed: int, epoch: int, kind: str) -> list[int]:
+    order = list(range(n))
+    random.Random(f"{seed}/{kind}/{epoch}").shuffle(order)
+    return order
+
+
+def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train all weights of `loaded.model` on the world corpus in place; returns stats (losses per tenth)."""
+    import torch
+
+    from seedcli.core.distill import warmup_cosine
+    from seedcli.detect.losses import label_ce
+    from seedcli.detect.scoring import answer_logits, encode_batch
+    from seedcli.models.chat import collate
+    from seedcli.models.forward import model_inputs, supervised, supervised_logits
+
+    reporter = reporter or NullReporter()
+    started = time.monotonic()
+    data = corpus(recipe.scenes, recipe.seed)
+    pictures = Pictures(data.images)
+    captions = _encode_captions(loaded, data)
+    pad = loaded.processor.tokenizer.pad_token_id
+    model = loaded.model
+    torch.manual_seed(recipe.seed)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = warmup_cosine(recipe.steps, int(recipe.warmup_ratio * recipe.steps), recipe.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    size = recipe.batch_size
+    caption_batches = max(1, len(captions) // size)
+    question_batches = max(1, len(data.questions) // size)
+    curves: dict[str, list[float]] = {"caption": [], "question": []}
+    window: dict[str, list[float]] = {"caption": [], "question": []}
+    with reporter.task("world pretraining", total=recipe.steps, unit="step") as task:
+        for step in range(recipe.steps):
+            # Every step sees one batch of captions (language modelling) and, after the caption-only warm
+            # start, one batch of questions: a random yes/no task alone collapses to a constant answer.
+            at = step % caption_batches
+            order = _order(len(captions), recipe.seed, step // caption_batches, "caption")
+            batch = collate([captions[i] for i in order[at * size : (at + 1) * size]], pad_id=pad)
+            sup = supervised(batch["labels"])
+            logits = supervised_logits(model, model_inputs(batch), sup.mask)  # [N, V]
+            loss = torch.nn.functional.cross_entropy(logits.float(), sup.targets)
+            window["caption"].append(float(loss.detach()))
+            if step >= recipe.caption_only_steps:
+                k = step - recipe.caption_only_steps
+                at = k % question_batches
+                order = _order(len(data.questions), recipe.seed, k // question_batches, "question")
+                asked = [data.questions[i] for i in order[at * size : (at + 1) * size]]
+                target = torch.tensor([q.target for q in asked], device=loaded.device)  # [B]
+                answers = answer_logits(loaded, model, encode_batch(loaded, asked, pictures), asked)  # [B, 2]
+                question_loss = label_ce(answers, target)
+                window["question"].append(float(question_loss.detach()))
+                loss = loss + recipe.question_weight * question_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            if (step + 1) % max(1, recipe.steps // 10) == 0 or step == recipe.steps - 1:
+                for name, values in window.items():
+                    if values:
+                        curves[name].append(round(sum(values) / len(values), 4))
+                        values.clear()
+            task.advance(1, loss=float(loss.detach()))
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return {
+        "steps": recipe.steps,
+        "scenes": recipe.scenes,
+        "questions": len(data.questions),
+        "losses": curves,
+        "seconds": round(time.monotonic() - started, 1),
+        "recipe": asdict(recipe),
+    }
+
+
+def build(
+    base: str, out: Path, recipe: PretrainRecipe | None = None, reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """Load tiny rung `base`, pretrain it on the world and save model + processor + stats to `out`."""
+    from seedcli.models.loading import load
+
+    loaded = load(base, dtype="fp32", device="cpu")
+    stats = {"base": base, **pretrain(loaded, recipe or RECIPE, reporter)}
+    loaded.model.save_pretrained(str(out))
+    loaded.processor.save_pretrained(str(out))
+    (Path(out) / META_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    return stats
+
+
+def accuracy(loaded: Any, model: Any, scenes: int, seed: int, batch_size: int = 64) -> dict[str, float]:
+    """Per-kind accuracy of `model` on a held-out corpus (another seed) of the pretraining questions."""
+    import torch
+
+    from seedcli.detect.scoring import answer_logits, encode_batch
+
+    data = corpus(scenes, seed)
+    pictures = Pictures(data.images)
+    questions, kinds = data.questions, data.kinds
+    right = {k: 0 for k in KINDS}
+    total = {k: 0 for k in KINDS}
+    with torch.no_grad():
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start : start + batch_size]
+            logits = answer_logits(loaded, model, encode_batch(loaded, batch, pictures), batch)
+            for q, kind, guess in zip(batch, kinds[start : start + batch_size], logits.argmax(-1).tolist()):
+                right[kind] += int(guess == q.target)
+                total[kind] += 1
+    return {k: right[k] / total[k] for k in KINDS if total[k]}

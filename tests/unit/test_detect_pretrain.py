@@ -1,0 +1,92 @@
+"""The world-pretraining corpus of the tiny detection rungs: deterministic, true to its scenes, in vocabulary."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+
+import pytest
+
+from seedcli.detect import pretrain, world
+from seedcli.detect.world import Thing
+
+
+def _pixels(image) -> bytes:  # noqa: ANN001
+    return image.tobytes()
+
+
+def test_corpus_is_deterministic_and_seeded() -> None:
+    a, b, other = pretrain.corpus(6, 0), pretrain.corpus(6, 0), pretrain.corpus(6, 1)
+    assert a.captions == b.captions and a.questions == b.questions and a.kinds == b.kinds
+    assert [_pixels(i) for i in a.images] == [_pixels(i) for i in b.images]
+    assert a.captions != other.captions
+
+
+def test_corpus_asks_every_kind_with_both_answers() -> None:
+    data = pretrain.corpus(60, 0)
+    assert len(data.questions) == len(data.kinds)
+    assert set(data.kinds) == set(pretrain.KINDS)
+    for kind in pretrain.KINDS:
+        targets = [q.target for q, k in zip(data.questions, data.kinds) if k == kind]
+        assert 0.25 < sum(targets) / len(targets) < 0.75  # balanced within a kind: no base rate to learn
+    for q in data.questions:
+        assert q.words in pretrain.prompts.LABEL_WORDS and q.prompt.startswith(f"Answer {q.words[0]} or {q.words[1]}")
+        assert 0 <= q.item < 60 and not q.flip
+
+
+def test_corpus_stream_is_not_the_detection_sets() -> None:
+    # The detection sets of seed s draw from random.Random(f"detect-{s}"); the corpus from its own stream.
+    for seed in range(5):
+        detection = random.Random(f"detect-{seed}")
+        first_scene = world.scene(detection, world.WorldSpec())
+        corpus_rng = random.Random(f"{pretrain.STREAM}-{seed}")
+        assert world.scene(corpus_rng, world.WorldSpec()) != first_scene
+
+
+SCENE = [Thing("fork", "big", 0), Thing("cat", "small", 3)]  # top-left and bottom-right cells
+
+
+def test_caption_is_true_of_the_scene() -> None:
+    for seed in range(20):
+        text = pretrain.caption(SCENE, random.Random(seed))
+        assert text.startswith("a big fork and a small cat.")
+        for a, relation, b in re.findall(r"the (\w+) is (left of|right of|above|below) the (\w+)\.", text):
+            assert (a, relation, b) in {("fork", "left of", "cat"), ("fork", "above", "cat"),
+                                        ("cat", "right of", "fork"), ("cat", "below", "fork")}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_phrases_are_true_or_false_as_asked(seed: int) -> None:
+    rng = random.Random(seed)
+    present = {t.name for t in SCENE}
+    assert pretrain._phrase("object", True, SCENE, rng).split()[-1] in present
+    assert pretrain._phrase("object", False, SCENE, rng).split()[-1] not in present
+    _, size, name = pretrain._phrase("attribute", True, SCENE, rng).split()
+    assert (name, size) in {("fork", "big"), ("cat", "small")}
+    _, size, name = pretrain._phrase("attribute", False, SCENE, rng).split()
+    assert (name, size) in {("fork", "small"), ("cat", "big")}
+    false = pretrain._phrase("relation", False, SCENE, rng)
+    assert false in {"the fork is right of the cat", "the fork is below the cat",
+                     "the cat is left of the fork", "the cat is above the fork"}  # fmt: skip
+
+
+def test_every_corpus_word_is_in_the_rungs_vocabulary() -> None:
+    from seedcli.models import tiny
+
+    vocabulary = set(tiny._word_list(tiny._rung_words()))
+    data = pretrain.corpus(40, 0)
+    texts = [pretrain.CAPTION_PROMPT, *data.captions, *(q.prompt for q in data.questions)]
+    words = {w.lower() for text in texts for w in re.findall(r"[A-Za-z]+|\d+|[^\w\s]", text)}
+    assert words <= vocabulary, sorted(words - vocabulary)
+
+
+def test_world_rungs_are_keyed_by_base_and_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seedcli.models import tiny
+
+    names = list(tiny.WORLD_RUNGS)
+    keys = {name: tiny.fingerprint(name) for name in names}
+    assert len(set(keys.values())) == len(names)
+    assert all(keys[name] != tiny.fingerprint(base) for name, base in tiny.WORLD_RUNGS.items())
+    monkeypatch.setattr(pretrain, "RECIPE", dataclasses.replace(pretrain.RECIPE, steps=pretrain.RECIPE.steps + 1))
+    assert all(tiny.fingerprint(name) != keys[name] for name in names)
