@@ -90,3 +90,19 @@ def test_world_rungs_are_keyed_by_base_and_recipe(monkeypatch: pytest.MonkeyPatc
     assert all(keys[name] != tiny.fingerprint(base) for name, base in tiny.WORLD_RUNGS.items())
     monkeypatch.setattr(pretrain, "RECIPE", dataclasses.replace(pretrain.RECIPE, steps=pretrain.RECIPE.steps + 1))
     assert all(tiny.fingerprint(name) != keys[name] for name in names)
+
+
+def test_conversation_asks_then_describes() -> None:
+    data = pretrain.corpus(4, 0, per_kind=2)
+    for index in range(4):
+        chat = pretrain.conversation(data, index)
+        asked = [q for q in data.questions if q.item == index]
+        assert len(chat) == 2 * len(asked) + 2 and len(asked) in (4, 6)  # two per kind; no relation with one object
+        assert chat[-2:] == [
+            {"role": "user", "content": pretrain.CAPTION_PROMPT},
+            {"role": "assistant", "content": data.captions[index]},
+        ]  # the caption comes after the answers it could give away
+        for q, (user, answer) in zip(asked, zip(chat[0:-2:2], chat[1:-2:2])):
+            assert user == {"role": "user", "content": q.prompt}
+            assert answer == {"role": "assistant", "content": q.words[q.target]}
+        assert pretrain.conversation(data, index, questions=False) == chat[-2:]
