@@ -48,9 +48,7 @@ class PretrainRecipe:
     scenes: int = 2000
     steps: int = 8000
     caption_only_steps: int = 600
-    questions_per_kind: int = 2
-    answer_weight: float = 1.0  # the answers inside conversations (their mean)
-    question_weight: float = 1.0  # the questions asked alone
+    question_weight: float = 1.0
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -115,11 +113,8 @@ class Corpus:
     kinds: list[str]
 
 
-def corpus(scenes: int, seed: int, per_kind: int = 1) -> Corpus:
-    """`scenes` scenes from the pretraining stream `seed`: images, captions, `per_kind` questions per kind and scene.
-
-    A scene's questions are in the (random) order they are asked in its conversation.
-    """
+def corpus(scenes: int, seed: int) -> Corpus:
+    """`scenes` scenes from the pretraining stream `seed`: images, captions, one question per kind and scene."""
     from seedcli.detect import world
 
     spec = world.WorldSpec()
@@ -132,32 +127,15 @@ def corpus(scenes: int, seed: int, per_kind: int = 1) -> Corpus:
         things = world.scene(rng, spec)
         images.append(world.draw(things, spec.image_size, rng))
         captions.append(caption(things, rng))
-        asked = [k for k in KINDS if k != "relation" or len(things) > 1] * per_kind
-        rng.shuffle(asked)
-        for kind in asked:
+        for kind in KINDS:
+            if kind == "relation" and len(things) < 2:
+                continue
             true = rng.random() < 0.5
             yes, no = prompts.LABEL_WORDS[rng.randrange(len(prompts.LABEL_WORDS))]
             prompt = PROMPT.format(yes=yes, no=no, phrase=_phrase(kind, true, things, rng))
             questions.append(Question(index, -1, prompt, (yes, no), False, int(not true)))
             kinds.append(kind)
     return Corpus(images, captions, questions, kinds)
-
-
-def conversation(data: Corpus, index: int, *, questions: bool = True) -> list[dict[str, str]]:
-    """Scene `index` as a chat: its yes/no questions with their answers, then "describe the image." and the caption.
-
-    The caption comes last so that it cannot give the answers away; the questions stand at varying
-    distances from the image, as options do in a detection prompt.
-    """
-    messages: list[dict[str, str]] = []
-    if questions:
-        for q in data.questions:
-            if q.item == index:
-                messages += [{"role": "user", "content": q.prompt}, {"role": "assistant", "content": q.words[q.target]}]
-    return messages + [
-        {"role": "user", "content": CAPTION_PROMPT},
-        {"role": "assistant", "content": data.captions[index]},
-    ]
 
 
 def spec(recipe: PretrainRecipe | None = None) -> dict[str, Any]:
@@ -177,54 +155,43 @@ def spec(recipe: PretrainRecipe | None = None) -> dict[str, Any]:
     }
 
 
-def _encode(loaded: Any, data: Corpus, *, questions: bool) -> list[Any]:
+def _encode_captions(loaded: Any, data: Corpus) -> list[Any]:
     from seedcli.models.chat import encode
 
     return [
         encode(
             loaded.processor,
             loaded.family,
-            conversation(data, i, questions=questions),
+            [{"role": "user", "content": CAPTION_PROMPT}, {"role": "assistant", "content": text}],
             image,
             where=f"pretraining scene {i}",
         )
-        for i, image in enumerate(data.images)
+        for i, (image, text) in enumerate(zip(data.images, data.captions))
     ]
 
 
-def answer_mask(input_ids: Any, mask: Any, targets: Any, answer_ids: Any, opener: int) -> Any:
-    """[N] True where a supervised token is a yes/no answer: a label word right after the assistant opener.
-
-    `mask` [B, L-1] marks the positions t whose next token is supervised (`forward.Supervised.mask`),
-    `targets` [N] those next tokens; position t itself holds the token the answer follows.
-    """
-    import torch
-
-    previous = input_ids[:, :-1][mask]  # [N]: the token at t, after which targets[n] is predicted
-    return (previous == opener) & torch.isin(targets, answer_ids.to(targets.device))
+def _order(n: int, seed: int, epoch: int, kind: str) -> list[int]:
+    order = list(range(n))
+    random.Random(f"{seed}/{kind}/{epoch}").shuffle(order)
+    return order
 
 
 def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train all weights of `loaded.model` on the world's conversations in place; returns stats (loss per tenth)."""
+    """Train all weights of `loaded.model` on the world corpus in place; returns stats (losses per tenth)."""
     import torch
 
     from seedcli.core.distill import warmup_cosine
     from seedcli.detect.losses import label_ce
-    from seedcli.detect.scoring import answer_logits, encode_batch, word_id
+    from seedcli.detect.scoring import answer_logits, encode_batch
     from seedcli.models.chat import collate
     from seedcli.models.forward import model_inputs, supervised, supervised_logits
 
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    data = corpus(recipe.scenes, recipe.seed, recipe.questions_per_kind)
-    # A warm start on captions alone: trained on yes/no answers from the first step, the tiny rungs
-    # settle on a constant answer (measured); captions first teach them to read the image.
-    captions = _encode(loaded, data, questions=False)
-    chats = _encode(loaded, data, questions=True)
-    tokenizer = loaded.processor.tokenizer
-    pad = tokenizer.pad_token_id
-    answer_ids = torch.tensor(sorted({word_id(tokenizer, w) for pair in prompts.LABEL_WORDS for w in pair}))
-    opener = tokenizer.convert_tokens_to_ids("assistant")
+    data = corpus(recipe.scenes, recipe.seed)
+    pictures = Pictures(data.images)
+    captions = _encode_captions(loaded, data)
+    pad = loaded.processor.tokenizer.pad_token_id
     model = loaded.model
     torch.manual_seed(recipe.seed)
     for parameter in model.parameters():
@@ -234,51 +201,41 @@ def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = No
     schedule = warmup_cosine(recipe.steps, int(recipe.warmup_ratio * recipe.steps), recipe.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     size = recipe.batch_size
-    per_epoch = max(1, len(chats) // size)
+    caption_batches = max(1, len(captions) // size)
     question_batches = max(1, len(data.questions) // size)
-    pictures = Pictures(data.images)
-
-    def question_order(epoch: int) -> list[int]:
-        order = list(range(len(data.questions)))
-        random.Random(f"{recipe.seed}/questions/{epoch}").shuffle(order)
-        return order
-
-    curve: list[float] = []
-    window: list[float] = []
+    curves: dict[str, list[float]] = {"caption": [], "question": []}
+    window: dict[str, list[float]] = {"caption": [], "question": []}
     with reporter.task("world pretraining", total=recipe.steps, unit="step") as task:
         for step in range(recipe.steps):
-            samples = captions if step < recipe.caption_only_steps else chats
-            order = list(range(len(samples)))
-            random.Random(f"{recipe.seed}/{step // per_epoch}").shuffle(order)
-            at = step % per_epoch
-            batch = collate([samples[i] for i in order[at * size : (at + 1) * size]], pad_id=pad)
+            # Every step sees one batch of captions (language modelling) and, after the caption-only warm
+            # start, one batch of questions: a random yes/no task alone collapses to a constant answer.
+            at = step % caption_batches
+            order = _order(len(captions), recipe.seed, step // caption_batches, "caption")
+            batch = collate([captions[i] for i in order[at * size : (at + 1) * size]], pad_id=pad)
             sup = supervised(batch["labels"])
             logits = supervised_logits(model, model_inputs(batch), sup.mask)  # [N, V]
-            token_loss = torch.nn.functional.cross_entropy(logits.float(), sup.targets, reduction="none")  # [N]
-            # Answers are a few tokens among many caption tokens: their mean gets its own weight, as a
-            # yes/no question weighs as much as a caption.
-            answer = answer_mask(batch["input_ids"], sup.mask, sup.targets, answer_ids, opener)  # [N]
-            loss = token_loss[~answer].mean()
-            if answer.any():
-                loss = loss + recipe.answer_weight * token_loss[answer].mean()
+            loss = torch.nn.functional.cross_entropy(logits.float(), sup.targets)
+            window["caption"].append(float(loss.detach()))
             if step >= recipe.caption_only_steps:
-                # The same questions asked alone, right after the image: the short form is learned first
-                # and carries over to the long one.
                 k = step - recipe.caption_only_steps
-                picked = question_order(k // question_batches)[(k % question_batches) * size :][:size]
-                asked = [data.questions[i] for i in picked]
+                at = k % question_batches
+                order = _order(len(data.questions), recipe.seed, k // question_batches, "question")
+                asked = [data.questions[i] for i in order[at * size : (at + 1) * size]]
                 target = torch.tensor([q.target for q in asked], device=loaded.device)  # [B]
                 answers = answer_logits(loaded, model, encode_batch(loaded, asked, pictures), asked)  # [B, 2]
-                loss = loss + recipe.question_weight * label_ce(answers, target)
+                question_loss = label_ce(answers, target)
+                window["question"].append(float(question_loss.detach()))
+                loss = loss + recipe.question_weight * question_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            window.append(float(loss.detach()))
             if (step + 1) % max(1, recipe.steps // 10) == 0 or step == recipe.steps - 1:
-                curve.append(round(sum(window) / len(window), 4))
-                window = []
+                for name, values in window.items():
+                    if values:
+                        curves[name].append(round(sum(values) / len(values), 4))
+                        values.clear()
             task.advance(1, loss=float(loss.detach()))
     model.eval()
     for parameter in model.parameters():
@@ -287,7 +244,7 @@ def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = No
         "steps": recipe.steps,
         "scenes": recipe.scenes,
         "questions": len(data.questions),
-        "losses": curve,
+        "losses": curves,
         "seconds": round(time.monotonic() - started, 1),
         "recipe": asdict(recipe),
     }

@@ -106,3 +106,17 @@ def test_conversation_asks_then_describes() -> None:
             assert user == {"role": "user", "content": q.prompt}
             assert answer == {"role": "assistant", "content": q.words[q.target]}
         assert pretrain.conversation(data, index, questions=False) == chat[-2:]
+
+
+def test_answer_mask_picks_label_words_after_the_opener() -> None:
+    import torch
+
+    from seedcli.models.forward import supervised
+
+    opener, yes, word, end = 9, 7, 8, 3
+    input_ids = torch.tensor([[5, opener, yes, end, opener, word, yes, end]])
+    labels = torch.tensor([[-100, -100, yes, end, -100, word, yes, end]])
+    sup = supervised(labels)
+    mask = pretrain.answer_mask(input_ids, sup.mask, sup.targets, torch.tensor([yes]), opener)
+    # targets: yes (after the opener: an answer), end, word, yes (inside a caption: not an answer), end
+    assert mask.tolist() == [True, False, False, False, False]
