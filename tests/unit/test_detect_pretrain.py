@@ -90,33 +90,3 @@ def test_world_rungs_are_keyed_by_base_and_recipe(monkeypatch: pytest.MonkeyPatc
     assert all(keys[name] != tiny.fingerprint(base) for name, base in tiny.WORLD_RUNGS.items())
     monkeypatch.setattr(pretrain, "RECIPE", dataclasses.replace(pretrain.RECIPE, steps=pretrain.RECIPE.steps + 1))
     assert all(tiny.fingerprint(name) != keys[name] for name in names)
-
-
-def test_conversation_asks_then_describes() -> None:
-    data = pretrain.corpus(4, 0, per_kind=2)
-    for index in range(4):
-        chat = pretrain.conversation(data, index)
-        asked = [q for q in data.questions if q.item == index]
-        assert len(chat) == 2 * len(asked) + 2 and len(asked) in (4, 6)  # two per kind; no relation with one object
-        assert chat[-2:] == [
-            {"role": "user", "content": pretrain.CAPTION_PROMPT},
-            {"role": "assistant", "content": data.captions[index]},
-        ]  # the caption comes after the answers it could give away
-        for q, (user, answer) in zip(asked, zip(chat[0:-2:2], chat[1:-2:2])):
-            assert user == {"role": "user", "content": q.prompt}
-            assert answer == {"role": "assistant", "content": q.words[q.target]}
-        assert pretrain.conversation(data, index, questions=False) == chat[-2:]
-
-
-def test_answer_mask_picks_label_words_after_the_opener() -> None:
-    import torch
-
-    from seedcli.models.forward import supervised
-
-    opener, yes, word, end = 9, 7, 8, 3
-    input_ids = torch.tensor([[5, opener, yes, end, opener, word, yes, end]])
-    labels = torch.tensor([[-100, -100, yes, end, -100, word, yes, end]])
-    sup = supervised(labels)
-    mask = pretrain.answer_mask(input_ids, sup.mask, sup.targets, torch.tensor([yes]), opener)
-    # targets: yes (after the opener: an answer), end, word, yes (inside a caption: not an answer), end
-    assert mask.tolist() == [True, False, False, False, False]
