@@ -101,9 +101,13 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
 
 def build_ladder(names: list[str]) -> None:
     """Build (pretrain) every rung once, in parallel, before the trainings race to the same cache entries."""
-    code = "import sys; from seedcli.models.families import resolve; print(resolve(sys.argv[1]).source)"
+    code = "import sys; from seedcli.models.families import resolve; resolve(sys.argv[1])"
+
+    def build(name: str) -> None:
+        subprocess.run([sys.executable, "-c", code, name], check=True)
+
     with ThreadPoolExecutor(len(names)) as pool:
-        list(pool.map(lambda name: subprocess.run([sys.executable, "-c", code, name], check=True), names))
+        list(pool.map(build, names))
 
 
 def headline(entry: dict) -> dict[str, float]:
