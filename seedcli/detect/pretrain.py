@@ -3,9 +3,12 @@
 Real vision-language models reach detection fine-tuning already able to tell whether an image shows
 "a big fork" or "the fork left of the cup"; randomly initialised tiny rungs are not, and within a
 CPU budget they learn only the base rate of each option kind. This module gives every tiny rung the
-same head start: all its weights are trained to answer short grounded yes/no questions about
-scenes drawn by the detection world's generator (`seedcli.detect.world`) from its own random
-stream, never the detection items' stream:
+same head start, training all its weights on scenes drawn by the detection world's generator
+(`seedcli.detect.world`) from its own random stream, never the detection items' stream:
+- true captions, by language modelling ("describe the image." -> "a big fork and a small cat. the
+  fork is left of the cat."), from the first step;
+- after a caption-only warm start, short grounded yes/no questions as well, answered at the answer
+  position as the detector answers:
 
     Answer yes or no: is this in the image?
     a big fork                      (existence, size, or "the fork is left of the cup")
