@@ -117,7 +117,7 @@ RUNGS: dict[str, Rung] = {
 }
 
 
-# The same rungs after world pretraining (seedcli.detect.pretrain): trained to answer grounded yes/no
+# The same rungs after world pretraining (seedcli.detect.pretrain): trained on true captions and grounded yes/no
 # questions about the detection world's scenes, the analogue of a real VLM's pretraining.
 WORLD_SUFFIX = "-world"
 WORLD_RUNGS: dict[str, str] = {f"{name}{WORLD_SUFFIX}": name for name in RUNGS}
