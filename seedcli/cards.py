@@ -31,6 +31,7 @@ SETTING_KEYS = (
 )  # fmt: skip
 POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 CHAIR_KEYS = ("chair_s_pct", "chair_i_pct", "recall_pct")
+DETECTOR_KEYS = ("flagged_pct", "object_pct", "attribute_pct", "relation_pct", "captions_flagged_pct")
 
 
 def base_hub_id(model: str) -> str | None:
@@ -151,7 +152,21 @@ def evaluation_section(run_dir: Path, subject: str = "this adapter") -> str:
                 cells = " | ".join(f"{chair[model][k]:.2f}" for k in CHAIR_KEYS)
                 lines.append(f"| {subject if model == label else 'base'} | {cells} |")
         lines.append("")
-    lines.append("POPE in percent (official parser); CHAIR_s / CHAIR_i: lower is better.")
+    detector = results.get("detector") or {}
+    flagged = detector.get("models") or {}
+    if label in flagged:
+        lines += [
+            f"| detector `{detector['label']}` | " + " | ".join(DETECTOR_KEYS) + " |",
+            "|---|" + "---|" * len(DETECTOR_KEYS),
+        ]
+        for model in ("base", label):
+            if model in flagged:
+                values = [flagged[model][k] for k in DETECTOR_KEYS]
+                cells = " | ".join("-" if v is None else f"{v:.2f}" for v in values)
+                lines.append(f"| {subject if model == label else 'base'} | {cells} |")
+        lines.append("")
+    note = "; detector: percent of caption options (or captions) flagged, lower is better." if label in flagged else "."
+    lines.append("POPE in percent (official parser); CHAIR_s / CHAIR_i: lower is better" + note)
     return "\n".join(lines) + "\n"
 
 

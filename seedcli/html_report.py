@@ -354,6 +354,18 @@ def evaluation_report(results: Mapping[str, Any], samples: Sequence[Mapping[str,
             "CHAIR (%; CHAIR_s and CHAIR_i: lower is better)", [n for _, n in keys], series, percent=False
         )
         sections.append(f'<h2>CHAIR</h2><div class="charts"><div class="chart">{chart}</div></div>')
+    flagged = (results.get("detector") or {}).get("models") or {}
+    if flagged:
+        from seedcli.evals.detector import TABLE_ROWS
+
+        series = {label: [flagged[label].get(k) for k, _ in TABLE_ROWS] for label in flagged}
+        chart = bar_chart(
+            f"Detector {results['detector']['label']} (lower is better)",
+            [n for _, n in TABLE_ROWS],
+            series,
+            percent=False,
+        )
+        sections.append(f'<h2>Detector</h2><div class="charts"><div class="chart">{chart}</div></div>')
     tests = []
     for label, comparison in (results.get("comparisons") or {}).items():
         for split, entry in (comparison.get("pope") or {}).items():

@@ -16,11 +16,13 @@ DECODE = "Decoding"
 SCORE = "Score-only mode"
 OUTPUT = "Output"
 DIST = "Distributed"
+DETECTOR = "Detector"
 
 POPE_CHOICES = ("random", "popular", "adversarial", "all")
 DECODE_CHOICES = ("plain", "vcd")
 POPE_SCORING = ("generate", "logits")
 DEFAULT_DATA = Path("seed-data")
+DEFAULT_DETECTOR_SHIFTS = 3
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,27 @@ class EvaluateConfig:
         panel=OUTPUT,
     )
 
+    detector: str | None = option(
+        None,
+        "Run directory of `seed detect train` (RUN or RUN@STAGE): also report the share of the CHAIR captions' "
+        "objects, attributes and relations it flags (needs --chair; docs/detect.md).",
+        panel=DETECTOR,
+    )
+    detector_shifts: int = option(
+        DEFAULT_DETECTOR_SHIFTS,
+        "Mapping shifts the detector averages (1 = a single plain pass).",
+        min=1,
+        panel=DETECTOR,
+    )
+    detector_threshold: float | None = option(
+        None,
+        "The detector flags an option when P(hallucinated) exceeds this (default: the run's threshold calibrated on "
+        "dev, else 0.5).",
+        min=0.0,
+        max=1.0,
+        panel=DETECTOR,
+    )
+
     gpus: int | None = option(
         None,
         "Shard the questions over N GPUs of this node (one process each, started through torch's elastic launcher); "
@@ -185,6 +208,17 @@ class EvaluateConfig:
             score_only or self.pope is not None or self.chair,
             "--pope",
             "or --chair is needed: choose what to evaluate (e.g. --pope all --chair).",
+        )
+        require(
+            self.detector is not None
+            or (self.detector_shifts == DEFAULT_DETECTOR_SHIFTS and self.detector_threshold is None),
+            "--detector-shifts/--detector-threshold",
+            "need --detector RUN.",
+        )
+        require(
+            self.detector is None or self.chair,
+            "--detector",
+            "rates the CHAIR captions that this run generates; add --chair.",
         )
         require(
             self.gpus is None or self.nproc is None or self.gpus == self.nproc,

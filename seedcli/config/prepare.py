@@ -15,6 +15,8 @@ OUTPUT = "Output"
 EVAL = "Evaluation sets"
 SYNTHETIC = "Synthetic world"
 FETCH = "Fetching"
+FILTER = "Filtering"
+DEFAULT_FILTER_SHIFTS = 3
 
 DEFAULT_TRAIN_IMAGE_DIRS = (Path("data/train2014"), Path("data/train2017"))
 
@@ -132,6 +134,22 @@ class PrepareConfig:
         "object, when there is one (default: the preset's).",
         min=0.0, max=1.0, panel=SYNTHETIC,
     )
+    filter_with: str | None = option(
+        None,
+        "Run directory of `seed detect train` (RUN or RUN@STAGE): drop every training conversation with an answer "
+        "in which it flags an object, attribute or relation (docs/data.md).",
+        panel=FILTER,
+    )
+    filter_shifts: int = option(
+        DEFAULT_FILTER_SHIFTS, "Mapping shifts the --filter-with detector averages (1 = a single pass).", min=1,
+        panel=FILTER,
+    )
+    filter_threshold: float | None = option(
+        None,
+        "The --filter-with detector flags an option when P(hallucinated) exceeds this (default: the run's threshold "
+        "calibrated on dev, else 0.5).",
+        min=0.0, max=1.0, panel=FILTER,
+    )
 
     def __post_init__(self) -> None:
         check(self)
@@ -152,6 +170,17 @@ class PrepareConfig:
             "cannot be combined with --synthetic (its POPE sets are built from the world).",
         )
         require(not (self.fetch_only and self.synthetic), "--fetch-only", "cannot be combined with --synthetic.")
+        require(
+            self.filter_with is None or self.train,
+            "--filter-with",
+            "filters the training conversations; it cannot be combined with --no-train.",
+        )
+        require(
+            self.filter_with is not None
+            or (self.filter_shifts == DEFAULT_FILTER_SHIFTS and self.filter_threshold is None),
+            "--filter-shifts/--filter-threshold",
+            "need --filter-with RUN.",
+        )
         knobs = {
             "--world": self.world != "clean",
             "--yes-rate": self.yes_rate is not None,

@@ -132,6 +132,13 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
     asked before downloading more than 1 GB without --yes. With --fetch-only, returns after fetching.
     """
     started = time.monotonic()
+    detector = None
+    if cfg.filter_with is not None:  # checked before anything is fetched or written
+        from seedcli.detect.screen import open_detector
+
+        detector = open_detector(
+            cfg.filter_with, flag="--filter-with", shifts=cfg.filter_shifts, threshold=cfg.filter_threshold
+        )
     fetched = None
     if not cfg.synthetic:
         if not cfg.fetch_only:
@@ -193,7 +200,9 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
                 findings.warn(
                     "No evaluation sets were prepared, so no training record was checked for overlap with them."
                 )
-            _train(cfg, sources, frozenset(eval_ids), stage, reporter, counts, dropped, findings, source)
+            _train(
+                cfg, sources, frozenset(eval_ids), stage, reporter, counts, dropped, findings, source, detector, extra
+            )
             roots["train"] = _stored(sources.train_images, stage, relative)
 
         if cfg.detect:
@@ -372,8 +381,10 @@ def _train(
     dropped: Counter[str],
     findings: Findings,
     source: dict[str, Any],
+    detector: Any = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Convert, filter and sample the training conversations into `stage`/train."""
+    """Convert, filter and sample the training conversations into `stage`/train (--filter-with: then screen them)."""
     assert sources.instruct is not None and sources.train_images is not None
     scan = instruct.scan_instruct(
         sources.instruct,
@@ -405,6 +416,9 @@ def _train(
             f"{scan.dropped['image_missing']} records name images missing from --images {sources.train_images} "
             "(train2014 lacks the images that train2017 took from val2014; they are evaluation candidates anyway)."
         )
+    sampled = len(records)
+    if detector is not None:
+        records = _screen(records, sources.train_images, detector, stage, reporter, counts, dropped, extra)
     written = _write_train_quietly(stage, records)
     relative = cfg.synthetic
     source["instruct"] = {"path": _stored(sources.instruct, stage, relative), "sha256": scan.sha256}
@@ -414,7 +428,40 @@ def _train(
         {
             "read": scan.read,
             "train": written,
-            "not_sampled": len(scan.records) - unreadable - written,
+            "not_sampled": len(scan.records) - unreadable - sampled,
             "renamed_ids": scan.renamed_ids,
         }
     )
+
+
+def _screen(
+    records: list[Record],
+    images: Path,
+    detector: Any,
+    stage: Path,
+    reporter: Reporter,
+    counts: dict[str, int],
+    dropped: Counter[str],
+    extra: dict[str, Any] | None,
+) -> list[Record]:
+    """--filter-with: drop the conversations whose answers the detector flags; counts into the manifest."""
+    from seedcli.data.answer_filter import DROP_REASON, FLAGGED_FILE, filter_records
+
+    kept, removed, report = filter_records(records, images, detector, reporter)
+    if not kept:
+        raise DataError(
+            f"--filter-with {detector.spec}: the detector flagged every one of the {len(records)} training "
+            "conversations; nothing would be left to train on (try --filter-threshold)."
+        )
+    atomic.write_jsonl(stage / FLAGGED_FILE, removed)
+    dropped[DROP_REASON] += len(removed)
+    counts.update(
+        {
+            "filter_answers": report["answers"],
+            "filter_no_options": report["answers_no_options"],
+            "filter_flagged_answers": report["answers_flagged"],
+        }
+    )
+    if extra is not None:
+        extra["filter"] = report
+    return kept

@@ -16,19 +16,21 @@ from seedcli.reporting import Reporter
 FLAG = "--model"
 
 
-def detector_path(spec: str | Path, stage: str | None = None) -> tuple[Path, str, dict[str, float]]:
+def detector_path(
+    spec: str | Path, stage: str | None = None, *, flag: str = FLAG
+) -> tuple[Path, str, dict[str, float]]:
     """The model directory of a detector given as RUN or RUN@STAGE, a label and its dev-calibrated thresholds."""
     text = str(spec)
     if stage is None and "@" in text:
         text, stage = text.rsplit("@", 1)
-    run = rundir.open_run(text, flag=FLAG)
+    run = rundir.open_run(text, flag=flag)
     if run.config.get("command") != "detect train":
-        raise DataError(f"{FLAG} {text}: not a `seed detect train` run (command {run.config.get('command')!r}).")
+        raise DataError(f"{flag} {text}: not a `seed detect train` run (command {run.config.get('command')!r}).")
     assert run.summary is not None
     stages = run.summary["stages"]
     final = list(stages)[-1]
     if stage is not None and stage not in stages:
-        raise ConfigError(f"{FLAG} {text}: no stage {stage!r} (stages: {', '.join(stages)}).")
+        raise ConfigError(f"{flag} {text}: no stage {stage!r} (stages: {', '.join(stages)}).")
     chosen = stage or final
     thresholds = run.summary.get("thresholds", {}).get(chosen, uniform(DEFAULT_THRESHOLD))
     label = run.root.name if stage is None else f"{run.root.name}@{stage}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -190,21 +191,28 @@ def _phrases() -> dict[tuple[str, ...], tuple[str, str]]:
     return {tuple(singularize(w) for w in term.split()): (term, target) for term, target in terms.items()}
 
 
-def caption_objects(text: str) -> list[tuple[str, str]]:
-    """COCO object mentions of a caption, in order, repeats kept: [(term, category), ...].
+@dataclass(frozen=True)
+class Mention:
+    """One COCO object mention: the matched term, its category and its span in the lowercased text."""
 
-    `term` is the matched word or merged term, lowercase and singular ("dog" for "Dogs", "hot dog"
-    for "hot dogs", "baby elephant", "toilet seat"); `category` is its COCO category. See the
-    module docstring for the exact pipeline.
-    """
+    term: str
+    category: str
+    start: int
+    end: int
+
+
+def object_mentions(text: str) -> list[Mention]:
+    """COCO object mentions of a caption with their character spans in `text.lower()` (see `caption_objects`)."""
     synonyms = _synonyms()
     phrases = _phrases()
     longest = max(len(key) for key in phrases)
-    words = [singularize(token) for token in tokenize(text)]
+    tokens = list(_TOKEN.finditer(text.lower()))
+    words = [singularize(token.group()) for token in tokens]
     has_toilet = TOILET in words
-    mentions: list[tuple[str, str]] = []
+    mentions: list[Mention] = []
     i = 0
     while i < len(words):
+        start = i
         for size in range(min(longest, len(words) - i), 1, -1):
             key = tuple(words[i : i + size])
             if key in phrases:
@@ -217,8 +225,18 @@ def caption_objects(text: str) -> list[tuple[str, str]]:
         if term == SEAT and has_toilet:
             continue
         if term in synonyms:
-            mentions.append((surface, synonyms[term]))
+            mentions.append(Mention(surface, synonyms[term], tokens[start].start(), tokens[i - 1].end()))
     return mentions
+
+
+def caption_objects(text: str) -> list[tuple[str, str]]:
+    """COCO object mentions of a caption, in order, repeats kept: [(term, category), ...].
+
+    `term` is the matched word or merged term, lowercase and singular ("dog" for "Dogs", "hot dog"
+    for "hot dogs", "baby elephant", "toilet seat"); `category` is its COCO category. See the
+    module docstring for the exact pipeline.
+    """
+    return [(m.term, m.category) for m in object_mentions(text)]
 
 
 def caption_categories(text: str) -> set[str]:

@@ -903,6 +903,9 @@ def _evaluate(cfg: EvaluateConfig, reporter: Reporter, held: contextlib.ExitStac
         return score_only(cfg, out, reporter)
     specs = resolve_models(cfg, reporter)
     check_adapters(specs, cfg)
+    from seedcli.evals.detector import open_for
+
+    detector = open_for(cfg)  # checked before anything is written; loaded after generation
     data, items = load_items(cfg, reporter)
     models, prompts = _identities(cfg, specs, items)
     settings = _settings(cfg, specs)
@@ -942,6 +945,13 @@ def _evaluate(cfg: EvaluateConfig, reporter: Reporter, held: contextlib.ExitStac
     else:
         _merge_shards(out, specs, _parts(cfg, items))  # POPE batches append image by image: restore the order
     scores = _score_all(cfg, specs, items, _read_samples(samples, reporter), errors, reporter)
+    scores["detector"] = None
+    if detector is not None:
+        from seedcli.evals.detector import add_comparisons, screen_captions
+
+        labels = [s.label for s in specs]
+        scores["detector"] = screen_captions(detector, cfg, labels, items.chair, data, samples, reporter)
+        add_comparisons(scores["comparisons"], scores["detector"], BASE_LABEL)
     results = _envelope(cfg, out, "generate")
     results.update(
         {
@@ -1080,6 +1090,7 @@ def score_only(cfg: EvaluateConfig, out: Path, reporter: Reporter) -> dict[str, 
             "models": [],
             "pope": pope,
             "chair": chair,
+            "detector": None,
             "comparisons": {},
         }
     )
@@ -1154,4 +1165,6 @@ def summary_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[l
         rows.append([name, *cells, *(f"{comparisons[a]['chair']['delta'][key]:+.2f}" for a in adapters)])
     if labels:
         tables.append((f"CHAIR ({protocol})", ["metric", *labels, *(f"Δ {a}" for a in adapters)], rows))
-    return tables
+    from seedcli.evals.detector import summary_table
+
+    return tables + summary_table(results)
