@@ -228,6 +228,7 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
         "notes": findings.notes,
         "warnings": findings.warnings,
         "pope_import": extra.get("pope_import"),
+        "filter": extra.get("filter"),
         "files": len(manifest["files"]),
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -454,6 +455,11 @@ def _screen(
             "conversations; nothing would be left to train on (try --filter-threshold)."
         )
     atomic.write_jsonl(stage / FLAGGED_FILE, removed)
+    reporter.info(
+        f"--filter-with {detector.label}: dropped {len(removed)} of {len(records)} conversations "
+        f"({report['answers_flagged']} of {report['answers']} answers flagged, "
+        f"{report['answers_no_options']} without options)"
+    )
     dropped[DROP_REASON] += len(removed)
     counts.update(
         {

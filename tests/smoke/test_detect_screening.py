@@ -94,7 +94,7 @@ def test_prepare_filters_the_flagged_conversations(detector: Path, tmp_path: Pat
     assert 0 < len(with_options) < len(records)
 
     every = _prepare(cli, tmp_path / "every", "--filter-with", str(detector), "--filter-threshold", "0")
-    assert every["dropped"]["detector_flagged"] == len(with_options)
+    assert every["dropped"]["detector_flagged"] == len(with_options) == every["filter"]["conversations_dropped"]
     assert every["counts"]["train"] == plain["counts"]["train"] - len(with_options)
     assert every["counts"]["filter_answers"] == len(answers)
     assert every["counts"]["filter_no_options"] == sum(1 for a in answers if not extract_options(a).options)
