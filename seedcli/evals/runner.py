@@ -950,6 +950,7 @@ def _evaluate(cfg: EvaluateConfig, reporter: Reporter, held: contextlib.ExitStac
         from seedcli.evals.detector import add_comparisons, screen_captions
 
         labels = [s.label for s in specs]
+        _release()  # the captioning model is gone by now; hand its memory back before the detector loads
         scores["detector"] = screen_captions(detector, cfg, labels, items.chair, data, samples, reporter)
         add_comparisons(scores["comparisons"], scores["detector"], BASE_LABEL)
     results = _envelope(cfg, out, "generate")

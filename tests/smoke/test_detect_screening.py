@@ -144,3 +144,7 @@ def test_bad_detectors_fail_in_one_line_and_write_nothing(
     assert code == 2 and "--chair" in err
     code, _, err = cli(["prepare", "--synthetic", "--no-train", "--filter-with", str(detector)])
     assert code == 2 and "--no-train" in err
+    code, _, err = cli(["evaluate", "--model", "tiny-qwen2-vl", "--chair", "--detector-shifts", "2"])
+    assert code == 2 and "need --detector RUN" in err
+    code, _, err = cli(["prepare", "--synthetic", "--filter-threshold", "0.3"])
+    assert code == 2 and "need --filter-with RUN" in err
