@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seedcli import atomic
 from seedcli.config.base import to_dict
@@ -24,6 +24,9 @@ from seedcli.data.datadir import POPE_SPLITS, Record, sha256_file, write_manifes
 from seedcli.data.pope_hub import IMAGE_DIR, is_hub_layout
 from seedcli.errors import DataError
 from seedcli.reporting import Reporter
+
+if TYPE_CHECKING:
+    from seedcli.detect.screen import Detector
 
 COUNT_ORDER = (
     "read",
@@ -382,7 +385,7 @@ def _train(
     dropped: Counter[str],
     findings: Findings,
     source: dict[str, Any],
-    detector: Any = None,
+    detector: Detector | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Convert, filter and sample the training conversations into `stage`/train (--filter-with: then screen them)."""
@@ -438,7 +441,7 @@ def _train(
 def _screen(
     records: list[Record],
     images: Path,
-    detector: Any,
+    detector: Detector,
     stage: Path,
     reporter: Reporter,
     counts: dict[str, int],

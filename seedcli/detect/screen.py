@@ -84,8 +84,11 @@ def screen(
     batch_size: int,
     reporter: Reporter | None = None,
 ) -> list[dict[str, Any]]:
-    """Per (text, image): {"options": [{id, text, kind, p_hallucinated, hallucinated}], "hallucinated": [ids],
-    "truncated": n}; a text without options gets empty lists and is not sent to the model."""
+    """Flag the options of every (text, image): one `seed detect run` record per text, plus `truncated`.
+
+    Each record is {"options": [{id, text, kind, p_hallucinated, hallucinated}], "hallucinated": [ids],
+    "truncated": n}; a text without options gets empty lists and is not sent to the model.
+    """
     from seedcli.detect.extract import MAX_OPTIONS, extract_options
     from seedcli.detect.infer import flagged, predict
     from seedcli.detect.items import Item
