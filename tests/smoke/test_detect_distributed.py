@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,9 @@ def test_two_processes_match_one_process(single: Path, pair) -> None:  # noqa: A
         assert dev_pair[stage]["track1"]["options"] == pytest.approx(dev_single[stage]["track1"]["options"])
 
 
-def test_resume_an_interrupted_two_process_run_on_two_processes(data: Path, pair, tmp_path: Path) -> None:  # noqa: ANN001, F811
+def test_resume_an_interrupted_two_process_run_on_two_and_on_one_process(
+    data: Path, single: Path, pair, tmp_path: Path
+) -> None:  # noqa: ANN001, F811
     straight, _ = pair
     broken = tmp_path / "broken"
     cfg = DetectTrainConfig(out=broken, nproc=2, **settings(data))
@@ -136,10 +139,21 @@ def test_resume_an_interrupted_two_process_run_on_two_processes(data: Path, pair
         launch(cfg, stop="kd-1")
     assert json.loads((broken / "checkpoints" / "kd-1" / "state.json").read_text())["epoch"] == 1
     assert json.loads((broken / "state.json").read_text())["completed"] == ["sft"]
+    on_one = tmp_path / "on-one"
+    shutil.copytree(broken, on_one)
     assert launch(DetectTrainConfig(out=broken, nproc=2, resume=True, **settings(data))) == {0: 2, 1: 2}
     for stage, rung in SAVED:
         a, b = weights(straight, stage, rung), weights(broken, stage, rung)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (stage, rung)
+
+    # The global batch does not depend on the process count, so one process may resume it too.
+    from seedcli.detect.train import train
+
+    train(DetectTrainConfig(out=on_one, resume=True, **settings(data)), NullReporter())
+    for stage, rung in SAVED:
+        a, b = weights(single, stage, rung), weights(on_one, stage, rung)
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
 
 
 def test_full_weights_on_two_processes_match_one_process(data: Path, tmp_path: Path) -> None:  # noqa: F811
