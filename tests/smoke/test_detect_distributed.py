@@ -179,3 +179,19 @@ def test_library_call_asking_for_processes_without_a_launcher_is_an_error(data: 
     with pytest.raises(ConfigError, match="launcher"):
         train(DetectTrainConfig(out=tmp_path / "r", nproc=2, **settings(data)), NullReporter())
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_relaunches_with_a_fixed_run_directory(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from seedcli.detect import train as engine
+
+    launched: dict = {}
+    monkeypatch.setattr(distributed, "relaunch_cli", lambda argv, **kw: launched.update(argv=argv, **kw))
+    monkeypatch.setattr(engine, "train", lambda cfg, reporter: pytest.fail("the launcher process must not train"))
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    code, out, err = cli(["detect", "train", "--device", "cpu", "--nproc", "2", "--tuning", "lora", "--lora-r", "4"])
+    assert code == 0 and out == "", err
+    argv = launched["argv"]
+    assert launched["nproc"] == 2 and argv[:2] == ["detect", "train"]
+    assert argv[argv.index("--out") + 1].startswith(str(Path("runs") / "detect-"))
+    assert {"--nproc", "--tuning", "--lora-r"} <= set(argv)
