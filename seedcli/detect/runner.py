@@ -35,23 +35,33 @@ def detector_path(spec: str | Path, stage: str | None = None) -> tuple[Path, str
     return run.root / stages[chosen], label, thresholds
 
 
-def load_detector(path: Path, dtype: str, device: str) -> Any:
-    """A trained rung from `detector_path`: its saved model, or (a LoRA rung) its base with the adapter applied."""
-    import dataclasses
+def lora_base(path: Path) -> tuple[str, str] | None:
+    """(base model, quantization) of a LoRA rung's stage directory (its rung.json); None for a full model."""
     import json
 
     from seedcli.detect.train import RUNG
-    from seedcli.models.adapters import check_fits
-    from seedcli.models.loading import load
 
     rung = Path(path) / RUNG
     if not rung.is_file():
-        return load(str(path), dtype=dtype, device=device)
+        return None
     try:
         meta = json.loads(rung.read_text(encoding="utf-8"))
-        base, quantization = str(meta["base"]), str(meta.get("quantization", "none"))
+        return str(meta["base"]), str(meta.get("quantization", "none"))
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(f"{rung}: unreadable; retrain the run or restore the file.") from None
+
+
+def load_detector(path: Path, dtype: str, device: str) -> Any:
+    """A trained rung from `detector_path`: its saved model, or (a LoRA rung) its base with the adapter applied."""
+    import dataclasses
+
+    from seedcli.models.adapters import check_fits
+    from seedcli.models.loading import load
+
+    lora = lora_base(path)
+    if lora is None:
+        return load(str(path), dtype=dtype, device=device)
+    base, quantization = lora
     loaded = load(base, dtype=dtype, device=device, quantization=quantization)
     check_fits(loaded.model, [Path(path)], base=base, run=path)
     # Merged for speed; a 4/8-bit base keeps the adapter beside it.

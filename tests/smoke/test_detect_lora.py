@@ -54,6 +54,12 @@ def test_lora_pipeline_train_run_evaluate(data: Path, tmp_path: Path, cli) -> No
         assert entry["track2"]["accuracy"] == pytest.approx(stored["track2"]["accuracy"], abs=1e-6)
     _assert_adapter_applied(run, test)
 
+    # An adapter given another base (rung.json edited) is refused with one line, exit code 4.
+    rung = run / "stages" / "sft" / "rung-0" / "rung.json"
+    rung.write_text(json.dumps({"base": RUNGS.split(",")[2], "quantization": "none"}))
+    code, _, err = cli(["detect", "run", "--model", f"{run}@sft", "--input", str(test), "--device", "cpu"])
+    assert code == 4 and len(err.strip().splitlines()) == 1 and "another base model" in err, err
+
 
 def _assert_adapter_applied(run: Path, items_file: Path) -> None:
     """`seed detect run` on a LoRA stage gives the base + adapter's probabilities, not the base's."""
