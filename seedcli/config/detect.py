@@ -101,6 +101,12 @@ class DetectTrainConfig:
     weight_decay: float = option(0.01, "AdamW weight decay.", min=0.0, panel=TRAIN)
     warmup_ratio: float = option(0.05, "Share of each stage's steps with linear warmup.", min=0.0, max=0.5, panel=TRAIN)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).", min=0.0, panel=TRAIN)
+    gradient_checkpointing: bool = option(
+        False,
+        "Recompute activations in backward (non-reentrant) in the rungs a stage trains: less memory, slower.",
+        panel=TRAIN,
+        affects_result=False,
+    )
     seed: int = option(
         0, "Seed of the training order, augmentation, adapter initialisation and LoRA dropout.", panel=TRAIN
     )

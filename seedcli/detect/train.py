@@ -202,6 +202,17 @@ def _set_trainable(model: Any, trainable: bool, tuning: str = "full") -> None:
     model.train(trainable)
 
 
+def _checkpoint_activations(model: Any) -> None:
+    """Non-reentrant activation checkpointing, as `seed distill --gradient-checkpointing` enables it.
+
+    transformers recomputes only in training mode, so frozen rungs (eval mode) run as before.
+    """
+    from seedcli.core.distill import _enable_checkpointing
+    from seedcli.models.forward import unwrap
+
+    _enable_checkpointing(unwrap(model))
+
+
 def _trained_state(model: Any, tuning: str) -> dict[str, Any]:
     """What a checkpoint keeps of a trained rung: every weight, or only its adapter."""
     if tuning == "lora":
@@ -440,6 +451,8 @@ def run_stage(
     trained = [stage.student] + ([stage.teachers[0][0]] if stage.online and stage.teachers else [])
     for i, model in enumerate(models):
         _set_trainable(model, i in trained, tuning[i])
+        if cfg.gradient_checkpointing and i in trained:
+            _checkpoint_activations(model)
     params = {i: [p for p in models[i].parameters() if p.requires_grad] for i in trained}
     steps_per_epoch = math.ceil(sum(max(1, len(item.options)) for item in items) / cfg.batch_size)
     total = steps_per_epoch * stage.epochs

@@ -186,3 +186,28 @@ def test_lora_resume_mid_stage_is_bit_identical(data: Path, tmp_path: Path) -> N
             name = f"stages/{stage}/rung-{i}/adapter_model.safetensors"
             a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "resumed" / name))
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (stage, i)
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_gradient_checkpointing_gives_the_same_weights(data: Path, tmp_path: Path, tuning: str) -> None:  # noqa: F811
+    from safetensors.torch import load_file
+
+    from seedcli.detect.train import train
+    from seedcli.reporting import NullReporter
+
+    common = dict(
+        models=(RUNGS.split(",")[2],),
+        train_files=(data / "detect" / "small-train.jsonl",),
+        dev_files=(),
+        data=tmp_path / "none",
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        tuning=tuning,
+        lora_dropout=0.1,  # recomputation must draw the same dropout masks
+    )
+    for name, flag in (("plain", False), ("checkpointed", True)):
+        train(DetectTrainConfig(out=tmp_path / name, gradient_checkpointing=flag, **common), NullReporter())
+    file = "adapter_model.safetensors" if tuning == "lora" else "model.safetensors"
+    a, b = (load_file(str(tmp_path / name / "stages" / "sft" / "rung-0" / file)) for name in ("plain", "checkpointed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
