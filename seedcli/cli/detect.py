@@ -20,7 +20,7 @@ app.add_typer(detect_app, name="detect")
 TRAIN_HELP = (
     "Train the pyramid: fine-tune the largest of --models, distil each smaller rung from the one above "
     "(online by default), then refine the smallest with labels + largest + medium teachers. Prints the run directory. "
-    "Rerun with --resume --out RUN to continue."
+    "Rerun with --resume --out RUN to continue. --gpus/--nproc N train data-parallel in N processes."
 )
 RUN_HELP = "Flag the hallucinated options (or non-factual claims) of a JSONL file with a trained detector; JSONL out."
 EVALUATE_HELP = (
@@ -34,11 +34,25 @@ IMPORT_HELP = "Validate an external detection file and copy it with its images i
     detect_app, DetectTrainConfig, name="train", key="detect train", help=TRAIN_HELP, extra=(json_option(),)
 )
 def train(cfg: DetectTrainConfig, as_json: bool) -> None:
-    """Train and print the summary."""
+    """Train (relaunched in N workers for --gpus/--nproc N) and print the summary on rank 0."""
+    from seedcli import distributed
+    from seedcli.cli.options import given_fields
     from seedcli.cli.render import make_reporter, print_table
+    from seedcli.cli.workers import relaunch
+    from seedcli.detect.train import default_out
     from seedcli.detect.train import train as run_train
 
-    summary = run_train(cfg, make_reporter(as_json))
+    if relaunch(
+        ("detect", "train"), cfg, as_json=as_json, given=given_fields(), default_out=lambda: str(default_out())
+    ):
+        return
+    try:
+        summary = run_train(cfg, make_reporter(as_json))
+    except Exception as exc:
+        distributed.record_failure(exc)  # the launcher reports this rank's message
+        raise
+    if distributed.process_rank() != 0:
+        return
     if as_json:
         print(json.dumps(summary, indent=2))
         return

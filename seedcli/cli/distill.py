@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from seedcli.cli.app import app
-from seedcli.cli.options import config_argv, config_command, given_fields, json_option
+from seedcli.cli.options import config_command, given_fields, json_option
 from seedcli.config.distill import DistillConfig
 
 HELP = """Train a LoRA adapter with SEED: purify the frozen model's logits with a noised-image teacher
@@ -27,6 +27,7 @@ def distill(cfg: DistillConfig, as_json: bool) -> None:
     """Run the engine (relaunched in N workers when asked) and print the run directory or the summary JSON."""
     from seedcli import distributed, trackers
     from seedcli.cli.render import make_reporter
+    from seedcli.cli.workers import relaunch
     from seedcli.core.distill import distill as run
     from seedcli.rundir import default_out
 
@@ -39,20 +40,9 @@ def distill(cfg: DistillConfig, as_json: bool) -> None:
     given = given_fields()
     if cfg.resume and cfg.out and not distributed.under_launcher():
         cfg, given = _saved_processes(cfg, given)
-    processes = cfg.gpus or cfg.nproc or 1
-    if (processes > 1 or cfg.nnodes > 1) and not distributed.under_launcher():
-        distributed.check_gpus(cfg.gpus)
-        # Every worker must agree on the run directory, so the timestamped default is fixed here.
-        fixed = cfg if cfg.out or cfg.resume else dataclasses.replace(cfg, out=str(default_out(cfg.model, cfg.method)))
-        argv = config_argv("distill", fixed, as_json=as_json, given=given)  # workers see the same explicit flags
-        distributed.relaunch_cli(
-            argv,
-            nproc=processes,
-            nnodes=cfg.nnodes,
-            node_rank=cfg.node_rank,
-            master_addr=cfg.master_addr,
-            master_port=cfg.master_port,
-        )
+    if relaunch(
+        ("distill",), cfg, as_json=as_json, given=given, default_out=lambda: str(default_out(cfg.model, cfg.method))
+    ):
         return
     try:
         # Which flags were typed matters on --resume: only they override the run's config.json.

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seedcli.config.base import check, option, require
+from seedcli.core.choices import QUANTIZATION
 from seedcli.models.loading import DEVICES, DTYPES
 
 MODEL = "Models"
@@ -14,6 +15,9 @@ PYRAMID = "Pyramid distillation"
 REFINE = "Ternary refinement"
 TRAIN = "Training"
 INFER = "Inference"
+LORA = "Adapter (LoRA)"
+DIST = "Distributed"
+TUNING = ("auto", "lora", "full")
 DEFAULT_DATA = Path("seed-data")
 DEFAULT_RUNGS = ("tiny-qwen2-vl-l", "tiny-qwen2-vl-m", "tiny-qwen2-vl-s")
 
@@ -85,10 +89,11 @@ class DetectTrainConfig:
         panel=TRAIN,
     )
     epochs: int = option(4, "Epochs of the fine-tuning and of every distillation stage.", min=1, panel=TRAIN)
-    batch_size: int = option(8, "Questions per optimizer step.", min=1, panel=TRAIN)
+    batch_size: int = option(8, "Questions per optimizer step (over all processes).", min=1, panel=TRAIN)
     lr: float = option(
         1e-3,
-        "Peak learning rate (AdamW, warmup + cosine); tiny models train all weights.",
+        "Peak learning rate (AdamW, warmup + cosine); suits full training of the tiny rungs, lower it for LoRA on "
+        "real checkpoints (e.g. 2e-4).",
         min=0.0,
         min_exclusive=True,
         panel=TRAIN,
@@ -96,12 +101,88 @@ class DetectTrainConfig:
     weight_decay: float = option(0.01, "AdamW weight decay.", min=0.0, panel=TRAIN)
     warmup_ratio: float = option(0.05, "Share of each stage's steps with linear warmup.", min=0.0, max=0.5, panel=TRAIN)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).", min=0.0, panel=TRAIN)
-    seed: int = option(0, "Seed of weights' training order and augmentation.", panel=TRAIN)
+    gradient_checkpointing: bool = option(
+        False,
+        "Recompute activations in backward (non-reentrant) in the rungs a stage trains: less memory, slower.",
+        panel=TRAIN,
+        affects_result=False,
+    )
+    seed: int = option(
+        0, "Seed of the training order, augmentation, adapter initialisation and LoRA dropout.", panel=TRAIN
+    )
+
+    tuning: str = option(
+        "auto",
+        "What every stage trains in each rung: lora (an adapter on the language model's attention), full (all "
+        "weights), auto (full for rungs of at most 100M parameters, such as the tiny rungs; LoRA above).",
+        choices=TUNING,
+        panel=LORA,
+    )
+    lora_r: int = option(16, "LoRA rank.", min=1, panel=LORA)
+    lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r).", min=1, panel=LORA)
+    lora_dropout: float = option(
+        0.05,
+        "LoRA dropout (0 makes --nproc N follow one process within float tolerance).",
+        min=0.0,
+        max=0.9,
+        panel=LORA,
+    )
+    lora_targets: tuple[str, ...] = option(
+        (),
+        "Attention projections of the LANGUAGE model that take the adapter (default: the family's: "
+        "q_proj,k_proj,v_proj,o_proj).",
+        panel=LORA,
+    )
+    quantization: str = option(
+        "none",
+        "Load the frozen bases of LoRA rungs in 4/8-bit (bitsandbytes, CUDA); needs --tuning lora.",
+        choices=QUANTIZATION,
+        panel=LORA,
+    )
+
+    gpus: int | None = option(
+        None,
+        "Data-parallel processes on this node, one GPU each (relaunches itself through torch's elastic launcher, "
+        "or joins torchrun/SLURM); --batch-size stays the global batch.",
+        min=1,
+        panel=DIST,
+        affects_result=False,
+    )
+    nproc: int | None = option(
+        None,
+        "Data-parallel processes on any device: --device cpu --nproc 2 runs the same code on gloo.",
+        min=1,
+        panel=DIST,
+        affects_result=False,
+    )
+    nccl_timeout_s: float = option(
+        1800.0,
+        "Seconds a collective waits for the slowest process before the run fails (NCCL and gloo).",
+        min=0.0,
+        min_exclusive=True,
+        panel=DIST,
+        affects_result=False,
+    )
 
     def __post_init__(self) -> None:
         check(self)
         require(len(self.models) >= 1, "--models", "needs at least one model.")
         require(len(set(self.models)) == len(self.models), "--models", "lists a model twice.")
+        require(
+            self.quantization == "none" or self.tuning == "lora",
+            "--quantization",
+            "quantizes frozen bases, so it needs --tuning lora (full fine-tuning cannot train 4/8-bit weights).",
+        )
+        require(
+            self.gpus is None or self.nproc is None or self.gpus == self.nproc,
+            "--gpus",
+            f"{self.gpus} and --nproc {self.nproc} disagree; give one of them.",
+        )
+        require(
+            self.gpus is None or self.device != "cpu",
+            "--gpus",
+            "runs one process per GPU; with --device cpu use --nproc.",
+        )
 
 
 @dataclass(frozen=True)

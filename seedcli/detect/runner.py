@@ -37,10 +37,38 @@ def detector_path(
     return run.root / stages[chosen], label, thresholds
 
 
-def _load(path: Path, dtype: str, device: str) -> Any:
+def lora_base(path: Path) -> tuple[str, str] | None:
+    """(base model, quantization) of a LoRA rung's stage directory (its rung.json); None for a full model."""
+    import json
+
+    from seedcli.detect.train import RUNG
+
+    rung = Path(path) / RUNG
+    if not rung.is_file():
+        return None
+    try:
+        meta = json.loads(rung.read_text(encoding="utf-8"))
+        return str(meta["base"]), str(meta.get("quantization", "none"))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{rung}: unreadable; retrain the run or restore the file.") from None
+
+
+def load_detector(path: Path, dtype: str, device: str) -> Any:
+    """A trained rung from `detector_path`: its saved model, or (a LoRA rung) its base with the adapter applied."""
+    import dataclasses
+
+    from seedcli.models.adapters import check_fits
     from seedcli.models.loading import load
 
-    return load(str(path), dtype=dtype, device=device)
+    lora = lora_base(path)
+    if lora is None:
+        return load(str(path), dtype=dtype, device=device)
+    base, quantization = lora
+    loaded = load(base, dtype=dtype, device=device, quantization=quantization)
+    check_fits(loaded.model, [Path(path)], base=base, run=path)
+    # Merged for speed; a 4/8-bit base keeps the adapter beside it.
+    model = rundir.apply_adapters(loaded.model, [Path(path)], merge_last=quantization == "none")
+    return dataclasses.replace(loaded, model=model)
 
 
 def run(cfg: DetectRunConfig, reporter: Reporter) -> list[dict[str, Any]]:
@@ -49,7 +77,7 @@ def run(cfg: DetectRunConfig, reporter: Reporter) -> list[dict[str, Any]]:
 
     items = read_items(cfg.input)
     path, _, calibrated = detector_path(cfg.model, cfg.stage)
-    loaded = _load(path, cfg.dtype, cfg.device)
+    loaded = load_detector(path, cfg.dtype, cfg.device)
     probs = predict(loaded, loaded.model, items, shifts=cfg.shifts, batch_size=cfg.batch_size, reporter=reporter)
     records = flagged(items, probs, calibrated if cfg.threshold is None else uniform(cfg.threshold))
     if cfg.output is not None:
@@ -91,7 +119,7 @@ def evaluate(cfg: DetectEvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     vectors: list[list[bool]] = []
     for spec in cfg.model:
         path, label, stored = detector_path(spec)
-        loaded = _load(path, cfg.dtype, cfg.device)
+        loaded = load_detector(path, cfg.dtype, cfg.device)
         if cfg.threshold is not None:
             thresholds = uniform(cfg.threshold)
         elif dev:

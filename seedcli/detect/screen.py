@@ -48,14 +48,16 @@ def _first_line(exc: BaseException) -> str:
 def open_detector(spec: str | Path, *, flag: str, shifts: int, threshold: float | None) -> Detector:
     """Check RUN or RUN@STAGE (a `seed detect train` run, exit 3 otherwise) and that its processor loads (exit 4)."""
     from seedcli.detect.infer import uniform
-    from seedcli.detect.runner import detector_path
+    from seedcli.detect.runner import detector_path, lora_base
 
     path, label, stored = detector_path(spec, flag=flag)
+    lora = lora_base(path)  # a LoRA rung keeps only its adapter: the tokenizer and processor are its base's
     try:
-        from seedcli.models.families import family_for
+        from seedcli.models.families import family_for, resolve
         from seedcli.models.loading import load_processor, model_config
 
-        load_processor(str(path), family_for(model_config(str(path)).model_type))
+        source = str(path) if lora is None else resolve(lora[0]).source
+        load_processor(source, family_for(model_config(source).model_type))
     except Exception as exc:  # noqa: BLE001 - any failure to read the tokenizer/processor is the same error
         reason = str(exc) if isinstance(exc, SeedError) else _first_line(exc)
         raise ModelError(
@@ -65,11 +67,11 @@ def open_detector(spec: str | Path, *, flag: str, shifts: int, threshold: float 
 
 
 def load_detector(detector: Detector, *, dtype: str, device: str) -> Any:
-    """The detector's weights and processor, loaded (ModelError naming the flag when they cannot be)."""
-    from seedcli.models.loading import load
+    """The detector's model (a LoRA rung: its base with the adapter) and processor, as `seed detect run` loads them."""
+    from seedcli.detect import runner
 
     try:
-        return load(str(detector.path), dtype=dtype, device=device)
+        return runner.load_detector(detector.path, dtype, device)
     except SeedError:
         raise
     except Exception as exc:  # noqa: BLE001 - broken weights end the command with one line

@@ -148,3 +148,17 @@ def test_bad_detectors_fail_in_one_line_and_write_nothing(
     assert code == 2 and "need --detector RUN" in err
     code, _, err = cli(["prepare", "--synthetic", "--filter-threshold", "0.3"])
     assert code == 2 and "need --filter-with RUN" in err
+
+
+def test_a_lora_detector_screens_with_its_base_processor(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001, F811
+    run = tmp_path / "lora"
+    args = _train_args(data / "detect", run)
+    args[args.index("--models") + 1] = "tiny-qwen2-vl-s"
+    code, _, err = cli([*args, "--tuning", "lora"])
+    assert code == 0, err
+    assert (run / "stages" / "sft" / "rung-0" / "rung.json").is_file()  # an adapter without a processor of its own
+    out = tmp_path / "results"
+    code, stdout, err = _evaluate(cli, data, out, "--detector", str(run), "--detector-threshold", "0", "--json")
+    assert code == 0, err
+    block = json.loads(stdout)["detector"]["models"]["base"]
+    assert block["n_options"] > 0 and block["flagged_pct"] == 100.0
