@@ -32,6 +32,22 @@ TIMEOUT_S = 420
 SAVED = (("sft", 0), ("kd-1", 0), ("kd-1", 1), ("refine", 1))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run here on one thread per process: float sums depend on the thread count, and the runs compared
+    below start as this process (one process), as spawned workers (which inherit its environment) and as CLI
+    processes (OMP_NUM_THREADS=1), so a machine's default thread count must not enter the comparison."""
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
 def settings(data: Path, **overrides: object) -> dict:  # noqa: F811
     detect = data / "detect"
     return {
