@@ -130,3 +130,55 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         raise ConfigError(f"config has unknown fields {unknown} for {cls.__name__}; was it written by a newer seedcli?")
     # to_dict writes tuples as JSON lists; every list-valued field is a tuple field.
     return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
+
+DIST_PANEL = "Distributed"
+
+
+def gpus_option() -> Any:
+    """`--gpus`: one process per GPU on this node (shared by every command that runs data-parallel)."""
+    return option(
+        None,
+        "Processes on this node, one GPU each; relaunches itself through torch's elastic launcher "
+        "(or joins torchrun/SLURM when started by one).",
+        min=1,
+        panel=DIST_PANEL,
+        affects_result=False,
+    )
+
+
+def nproc_option() -> Any:
+    """`--nproc`: processes on any device (gloo on CPU)."""
+    return option(
+        None,
+        "Processes on this node on any device: --device cpu --nproc 2 runs the same code on gloo.",
+        min=1,
+        panel=DIST_PANEL,
+        affects_result=False,
+    )
+
+
+def nccl_timeout_option() -> Any:
+    """`--nccl-timeout-s`: how long a collective waits for the slowest process."""
+    return option(
+        1800.0,
+        "Seconds a collective waits for the slowest process before the run fails (NCCL and gloo).",
+        min=0.0,
+        min_exclusive=True,
+        panel=DIST_PANEL,
+        affects_result=False,
+    )
+
+
+def check_processes(cfg: Any) -> None:
+    """--gpus and --nproc agree, and --gpus is not asked of a CPU run."""
+    require(
+        cfg.gpus is None or cfg.nproc is None or cfg.gpus == cfg.nproc,
+        "--gpus",
+        f"{cfg.gpus} and --nproc {cfg.nproc} disagree; give one of them.",
+    )
+    require(
+        cfg.gpus is None or cfg.device != "cpu",
+        "--gpus",
+        "runs one process per GPU; with --device cpu use --nproc instead.",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from seedcli.config.base import check, option, require
+from seedcli.config.base import check, check_processes, gpus_option, nccl_timeout_option, nproc_option, option, require
 from seedcli.core.choices import QUANTIZATION
 from seedcli.models.loading import DEVICES, DTYPES
 
@@ -16,7 +16,6 @@ REFINE = "Ternary refinement"
 TRAIN = "Training"
 INFER = "Inference"
 LORA = "Adapter (LoRA)"
-DIST = "Distributed"
 TUNING = ("auto", "lora", "full")
 DEFAULT_DATA = Path("seed-data")
 DEFAULT_RUNGS = ("tiny-qwen2-vl-l", "tiny-qwen2-vl-m", "tiny-qwen2-vl-s")
@@ -140,29 +139,9 @@ class DetectTrainConfig:
         panel=LORA,
     )
 
-    gpus: int | None = option(
-        None,
-        "Data-parallel processes on this node, one GPU each (relaunches itself through torch's elastic launcher, "
-        "or joins torchrun/SLURM); --batch-size stays the global batch.",
-        min=1,
-        panel=DIST,
-        affects_result=False,
-    )
-    nproc: int | None = option(
-        None,
-        "Data-parallel processes on any device: --device cpu --nproc 2 runs the same code on gloo.",
-        min=1,
-        panel=DIST,
-        affects_result=False,
-    )
-    nccl_timeout_s: float = option(
-        1800.0,
-        "Seconds a collective waits for the slowest process before the run fails (NCCL and gloo).",
-        min=0.0,
-        min_exclusive=True,
-        panel=DIST,
-        affects_result=False,
-    )
+    gpus: int | None = gpus_option()
+    nproc: int | None = nproc_option()
+    nccl_timeout_s: float = nccl_timeout_option()
 
     def __post_init__(self) -> None:
         check(self)
@@ -173,16 +152,7 @@ class DetectTrainConfig:
             "--quantization",
             "quantizes frozen bases, so it needs --tuning lora (full fine-tuning cannot train 4/8-bit weights).",
         )
-        require(
-            self.gpus is None or self.nproc is None or self.gpus == self.nproc,
-            "--gpus",
-            f"{self.gpus} and --nproc {self.nproc} disagree; give one of them.",
-        )
-        require(
-            self.gpus is None or self.device != "cpu",
-            "--gpus",
-            "runs one process per GPU; with --device cpu use --nproc.",
-        )
+        check_processes(self)
 
 
 @dataclass(frozen=True)

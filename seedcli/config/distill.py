@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seedcli.config.base import check, option, require
+from seedcli.config.base import check, check_processes, gpus_option, nccl_timeout_option, nproc_option, option, require
 from seedcli.core.choices import (
     ATTN_IMPLEMENTATIONS,
     CONFIDENCE_KINDS,
@@ -289,21 +289,8 @@ class DistillConfig:
         panel=LORA,
     )
 
-    gpus: int | None = option(
-        None,
-        "Processes on this node, one GPU each; relaunches itself through torch's elastic launcher "
-        "(or joins torchrun/SLURM when started by one).",
-        min=1,
-        panel=DIST,
-        affects_result=False,
-    )
-    nproc: int | None = option(
-        None,
-        "Processes on this node on any device: --device cpu --nproc 2 runs the same code on gloo.",
-        min=1,
-        panel=DIST,
-        affects_result=False,
-    )
+    gpus: int | None = gpus_option()
+    nproc: int | None = nproc_option()
     nnodes: int = option(
         1,
         "Nodes in the job (run the same command on each with its --node-rank).",
@@ -334,14 +321,7 @@ class DistillConfig:
         panel=DIST,
         affects_result=False,
     )
-    nccl_timeout_s: float = option(
-        1800.0,
-        "Seconds a collective waits for the slowest process before the run fails (NCCL and gloo).",
-        min=0.0,
-        min_exclusive=True,
-        panel=DIST,
-        affects_result=False,
-    )
+    nccl_timeout_s: float = nccl_timeout_option()
 
     def __post_init__(self) -> None:
         check(self)
@@ -368,16 +348,7 @@ class DistillConfig:
             "--rounds",
             "> 1 merges adapters into the base, which a 4/8-bit base cannot take; use --quantization none.",
         )
-        require(
-            self.gpus is None or self.nproc is None or self.gpus == self.nproc,
-            "--gpus",
-            f"{self.gpus} and --nproc {self.nproc} disagree; give one of them.",
-        )
-        require(
-            self.gpus is None or self.device != "cpu",
-            "--gpus",
-            "runs one process per GPU; with --device cpu use --nproc instead.",
-        )
+        check_processes(self)
         require(
             self.node_rank < self.nnodes, "--node-rank", f"must be below --nnodes ({self.node_rank} >= {self.nnodes})."
         )

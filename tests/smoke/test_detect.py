@@ -160,6 +160,21 @@ class _StopAt:
     def warn(self, message: str) -> None: ...
 
 
+def small_run(data: Path, **overrides: object) -> dict:
+    """Settings of a two-rung run on the small training file in a few seconds (shared by the resume tests)."""
+    return {
+        "models": tuple(RUNGS.split(",")[1:]),
+        "train_files": (data / "detect" / "small-train.jsonl",),
+        "dev_files": (),
+        "data": data / "none",
+        "epochs": 2,
+        "refine_epochs": 1,
+        "batch_size": 16,
+        "device": "cpu",
+        **overrides,
+    }
+
+
 def test_resume_mid_stage_gives_the_same_weights(data: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
@@ -167,17 +182,7 @@ def test_resume_mid_stage_gives_the_same_weights(data: Path, tmp_path: Path) -> 
     from seedcli.detect.train import train
     from seedcli.reporting import NullReporter
 
-    detect = data / "detect"
-    common = dict(
-        models=tuple(RUNGS.split(",")[1:]),
-        train_files=(detect / "small-train.jsonl",),
-        dev_files=(),
-        data=tmp_path / "none",
-        epochs=2,
-        refine_epochs=1,
-        batch_size=16,
-        device="cpu",
-    )
+    common = small_run(data)
     train(DetectTrainConfig(out=tmp_path / "straight", **common), NullReporter())
     with pytest.raises(KeyboardInterrupt):
         train(DetectTrainConfig(out=tmp_path / "resumed", **common), _StopAt("kd-1"))

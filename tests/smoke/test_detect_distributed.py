@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from seedcli import distributed
 from seedcli.config.detect import DetectTrainConfig
 from seedcli.reporting import NullReporter
-from tests.smoke.test_detect import RUNGS, _StopAt
+from tests.smoke.test_detect import _StopAt, small_run
 from tests.smoke.test_detect import data as data  # noqa: F401  (the module-scoped data fixture)
 
 pytestmark = pytest.mark.smoke
@@ -49,22 +49,17 @@ def one_thread():
 
 
 def settings(data: Path, **overrides: object) -> dict:  # noqa: F811
-    detect = data / "detect"
-    return {
-        "models": tuple(RUNGS.split(",")[1:]),
-        "train_files": (detect / "small-train.jsonl",),
-        "dev_files": (detect / "small-dev.jsonl",),
-        "data": data / "none",
-        "epochs": 2,
-        "refine_epochs": 1,
-        "batch_size": 16,
-        "device": "cpu",
-        "tuning": "lora",
-        "lora_r": 4,
-        "lora_dropout": 0.0,  # dropout masks depend on how the batch is split
-        "nccl_timeout_s": 60.0,
-        **overrides,
-    }
+    return small_run(
+        data,
+        **{
+            "dev_files": (data / "detect" / "small-dev.jsonl",),
+            "tuning": "lora",
+            "lora_r": 4,
+            "lora_dropout": 0.0,  # dropout masks depend on how the batch is split
+            "nccl_timeout_s": 60.0,
+            **overrides,
+        },
+    )
 
 
 def cli_args(cfg: DetectTrainConfig) -> list[str]:

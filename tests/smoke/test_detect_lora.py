@@ -10,7 +10,7 @@ import torch
 
 from seedcli.config.detect import DetectTrainConfig
 from seedcli.errors import ConfigError
-from tests.smoke.test_detect import RUNGS, _StopAt, _train_args
+from tests.smoke.test_detect import RUNGS, _StopAt, _train_args, small_run
 from tests.smoke.test_detect import data as data  # noqa: F401  (the module-scoped data fixture)
 
 pytestmark = pytest.mark.smoke
@@ -160,20 +160,8 @@ def test_lora_resume_mid_stage_is_bit_identical(data: Path, tmp_path: Path) -> N
     from seedcli.detect.train import train
     from seedcli.reporting import NullReporter
 
-    detect = data / "detect"
-    common = dict(
-        models=tuple(RUNGS.split(",")[1:]),
-        train_files=(detect / "small-train.jsonl",),
-        dev_files=(),
-        data=tmp_path / "none",
-        epochs=2,
-        refine_epochs=1,
-        batch_size=16,
-        device="cpu",
-        tuning="lora",
-        lora_r=4,
-        lora_dropout=0.1,  # dropout draws random numbers: resume must draw the same
-    )
+    # LoRA dropout draws random numbers: resume must draw the same.
+    common = small_run(data, tuning="lora", lora_r=4, lora_dropout=0.1)
     train(DetectTrainConfig(out=tmp_path / "straight", **common), NullReporter())
     with pytest.raises(KeyboardInterrupt):
         train(DetectTrainConfig(out=tmp_path / "resumed", **common), _StopAt("kd-1"))
