@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seedcli.detect.items import Item
+from seedcli.detect.items import OPTION_KINDS, Item
 from seedcli.detect.questions import shifted_questions
 from seedcli.detect.scoring import Images, answer_logits, encode_batch
 from seedcli.reporting import NullReporter, Reporter
@@ -58,22 +58,37 @@ def best_threshold(pairs: list[tuple[float, bool]]) -> float:
 
 
 def calibrate(items: list[Item], probs: list[list[float]]) -> dict[str, float]:
-    """Per-track thresholds that maximise F1 on labelled (dev) items."""
+    """Thresholds that maximise F1 on labelled (dev) items: per track, and per option kind within Track 1.
+
+    Option kinds differ in base rate and in how sure a model is of them, so one Track 1 threshold can sit
+    above every object option of a model while it suits attributes; each kind gets its own. A kind with no
+    hallucinated dev option keeps the Track 1 threshold.
+    """
     t1 = [
-        (p, item.hallucinated()[o.id])
+        (o.kind, p, item.hallucinated()[o.id])
         for item, row in zip(items, probs)
         if item.track == 1
         for o, p in zip(item.options, row)
     ]
     t2 = [(row[0], not item.factual()) for item, row in zip(items, probs) if item.track == 2]
-    return {
-        "track1": best_threshold(t1) if t1 else DEFAULT_THRESHOLD,
-        "track2": best_threshold(t2) if t2 else DEFAULT_THRESHOLD,
-    }
+    overall = best_threshold([(p, gold) for _, p, gold in t1]) if t1 else DEFAULT_THRESHOLD
+    out = {"track1": overall, "track2": best_threshold(t2) if t2 else DEFAULT_THRESHOLD}
+    for kind in OPTION_KINDS:
+        pairs = [(p, gold) for k, p, gold in t1 if k == kind]
+        if any(gold for _, gold in pairs):
+            out[kind] = best_threshold(pairs)
+    return out
+
+
+def threshold_for(thresholds: dict[str, float], track: int, kind: str | None = None) -> float:
+    """The threshold of a claim (track 2) or of an option of `kind` (its own, else the Track 1 one)."""
+    if track == 2:
+        return thresholds["track2"]
+    return thresholds.get(kind or "", thresholds["track1"])
 
 
 def uniform(threshold: float) -> dict[str, float]:
-    """The same threshold for both tracks."""
+    """The same threshold for both tracks and every option kind."""
     return {"track1": threshold, "track2": threshold}
 
 
@@ -81,7 +96,6 @@ def flagged(items: list[Item], probs: list[list[float]], thresholds: dict[str, f
     """Output records for pipelines: options with their probability and flag; claims with theirs."""
     out = []
     for item, row in zip(items, probs):
-        threshold = thresholds[f"track{item.track}"]
         if item.track == 1:
             options = [
                 {
@@ -89,7 +103,7 @@ def flagged(items: list[Item], probs: list[list[float]], thresholds: dict[str, f
                     "text": o.text,
                     "kind": o.kind,
                     "p_hallucinated": round(p, 6),
-                    "hallucinated": p > threshold,
+                    "hallucinated": p > threshold_for(thresholds, 1, o.kind),
                 }
                 for o, p in zip(item.options, row)
             ]
@@ -102,7 +116,7 @@ def flagged(items: list[Item], probs: list[list[float]], thresholds: dict[str, f
                     "track": 2,
                     "claim": item.text,
                     "p_not_factual": round(row[0], 6),
-                    "factual": row[0] <= threshold,
+                    "factual": row[0] <= threshold_for(thresholds, 2),
                 }
             )
     return out
@@ -118,14 +132,14 @@ def score(
     t2: list[tuple[bool, bool]] = []
     correct: list[bool] = []
     for item, row in zip(items, probs):
-        threshold = thresholds[f"track{item.track}"]
         if item.track == 1:
             gold = item.hallucinated()
             for option, p in zip(item.options, row):
-                t1.append((option.kind, gold[option.id], p > threshold))
-                correct.append(gold[option.id] == (p > threshold))
+                flag = p > threshold_for(thresholds, 1, option.kind)
+                t1.append((option.kind, gold[option.id], flag))
+                correct.append(gold[option.id] == flag)
         else:
-            t2.append((not item.factual(), row[0] > threshold))
+            t2.append((not item.factual(), row[0] > threshold_for(thresholds, 2)))
             correct.append(t2[-1][0] == t2[-1][1])
     result: dict[str, Any] = {}
     if t1:

@@ -37,6 +37,8 @@ class Detector:
             "path": str(self.path),
             "shifts": self.shifts,
             "threshold": self.thresholds["track1"],
+            # Per option kind where calibration found one (else "threshold" applies).
+            "thresholds": {k: v for k, v in self.thresholds.items() if k in OPTION_KINDS},
         }
 
 

@@ -67,12 +67,15 @@ def test_evaluate_rates_the_chair_captions(data: Path, detector: Path, tmp_path:
     code, stdout, err = _evaluate(cli, data, out, "--detector", f"{detector}@sft", "--detector-shifts", "1")
     assert code == 0, err
     assert "Detector run@sft (1 shift(s))" in err and "captions flagged %" in err
-    stored = json.loads((detector / "summary.json").read_text())["thresholds"]["sft"]["track1"]
+    thresholds = json.loads((detector / "summary.json").read_text())["thresholds"]["sft"]
+    stored = thresholds["track1"]
     results = json.loads((out / "results.json").read_text())
     assert results["detector"]["threshold"] == stored and results["detector"]["label"] == "run@sft"
+    per_kind = {k: thresholds[k] for k in ("object", "attribute", "relation") if k in thresholds}
+    assert results["detector"]["thresholds"] == per_kind
     rows = [r for r in atomic.read_jsonl(out / "samples.jsonl") if r["benchmark"] == "chair"]
     for row in rows:
-        flags = [o["id"] for o in row["detector"]["options"] if o["p_hallucinated"] > stored]
+        flags = [o["id"] for o in row["detector"]["options"] if o["p_hallucinated"] > per_kind.get(o["kind"], stored)]
         assert row["detector"]["label"] == "run@sft" and row["detector"]["hallucinated"] == flags
 
 

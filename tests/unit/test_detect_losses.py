@@ -66,3 +66,36 @@ def test_best_threshold_maximises_f1_and_prefers_one_half_on_ties() -> None:
     assert best_threshold([(0.9, False), (0.1, False)]) == 0.5  # no positives: the default
     separable = [(0.7, True), (0.2, False)]
     assert best_threshold(separable) == 0.5  # every t in [0.2, 0.7) is perfect; 0.5 is closest to 0.5
+
+
+def test_calibration_gives_each_option_kind_its_own_threshold_and_scoring_uses_it() -> None:
+    from pathlib import Path
+
+    from seedcli.detect.infer import calibrate, flagged, score, uniform
+    from seedcli.detect.items import Item, Option
+
+    # Objects sit low (hallucinated at 0.3, supported at 0.1), attributes high (0.8 vs 0.6): no single
+    # threshold separates both kinds, one per kind does. Relations have no hallucinated option.
+    options = (
+        Option("A", "cat", "object"),
+        Option("B", "big cat", "attribute"),
+        Option("C", "cat is left", "relation"),
+    )
+    items = [
+        Item("0", Path("x.png"), 1, "cat", options=options, labels=("A", "B")),
+        Item("1", Path("x.png"), 1, "cat", options=options, labels=()),
+        Item("2", Path("x.png"), 2, "claim", labels=("not_factual",)),
+    ]
+    probs = [[0.3, 0.8, 0.55], [0.1, 0.6, 0.2], [0.7]]
+    thresholds = calibrate(items, probs)
+    assert 0.1 <= thresholds["object"] < 0.3 and 0.6 <= thresholds["attribute"] < 0.8
+    assert "relation" not in thresholds  # no positive: the Track 1 threshold applies
+    scores, correct = score(items, probs, thresholds)
+    assert scores["track1"]["kinds"]["object"]["f1"] == 100.0 and scores["track1"]["kinds"]["attribute"]["f1"] == 100.0
+    relation_flag = 0.55 > thresholds["track1"]
+    assert correct[:3] == [True, True, not relation_flag] and correct[-1] is True
+    records = flagged(items, probs, thresholds)
+    assert records[0]["hallucinated"] == ["A", "B"] + (["C"] if relation_flag else [])
+    assert records[1]["hallucinated"] == []
+    # One threshold for everything (--threshold) overrides the kinds.
+    assert flagged(items, probs, uniform(0.5))[0]["hallucinated"] == ["B", "C"]

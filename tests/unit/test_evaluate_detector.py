@@ -34,7 +34,7 @@ def _seed(seed: int, flagged: float | None, relation: float | None) -> dict:
 def _detector() -> dict:
     models = {"base": block([_seed(0, 20.0, 0.0), _seed(1, 40.0, None)]), "run": block([_seed(0, 10.0, 0.0)])}
     return {"run": "runs/hkd", "label": "hkd", "path": "runs/hkd/stages/refine/rung-2", "shifts": 3, "threshold": 0.4,
-            "models": models}  # fmt: skip
+            "thresholds": {}, "models": models}  # fmt: skip
 
 
 def test_seeds_average_the_known_rates_and_adapters_get_deltas() -> None:
