@@ -13,6 +13,9 @@ same head start, training all its weights on scenes drawn by the detection world
     Answer yes or no: is this in the image?
     a big fork                      (existence, size, or "the fork is left of the cup")
 
+half of them behind a detection-like context (a caption that states the phrase whether or not it is
+true, and a shuffled option list: `_context`), since a detection option stands behind its caption and
+option list, and rungs pretrained on bare questions lose their grounding behind such text.
 Half the phrases are true of the scene; the others name an absent kind (half the time the usual
 partner of a present one), give a present object the wrong size, or reverse a true relation. The
 label words are drawn from the detector's pairs (yes/no, true/false, right/wrong). Every rung gets
@@ -36,9 +39,13 @@ from seedcli.detect import prompts
 from seedcli.detect.questions import Question
 from seedcli.reporting import NullReporter, Reporter
 
-PRETRAIN_VERSION = 1  # bump when the corpus or the training loop changes what it computes
+PRETRAIN_VERSION = 5  # bump when the corpus or the training loop changes what it computes
 META_FILE = "pretrain.json"
 PROMPT = "Answer {yes} or {no}: is this in the image?\n{phrase}"
+# A question may stand behind a caption that names its phrase whether or not it is true and a list of
+# phrases, as a detection option stands behind its caption and the option list: the answer has to come
+# from the image, not from the text in front of the question.
+CONTEXT = "Caption: {caption}\nOptions: {options}\n"
 CAPTION_PROMPT = "describe the image."
 KINDS = ("object", "attribute", "relation")
 STREAM = "detect-pretrain"  # the detection sets draw from "detect-<seed>": the streams never coincide
@@ -48,10 +55,12 @@ STREAM = "detect-pretrain"  # the detection sets draw from "detect-<seed>": the 
 class PretrainRecipe:
     """The corpus and the budget of world pretraining; the same for every rung."""
 
-    scenes: int = 2000
+    scenes: int = 16000
     steps: int = 8000
     caption_only_steps: int = 600
     question_weight: float = 1.0
+    context_share: float = 0.5  # share of questions behind a detection-like context (`_context`)
+    held_out_scenes: int = 150  # scenes of the next stream scored at every tenth (questions behind a context)
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -75,22 +84,67 @@ class Pictures:
         return self.images[index]
 
 
-def _phrase(kind: str, true: bool, things: list[Any], rng: random.Random) -> str:
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _listing(pairs: list[tuple[str, str]]) -> str:
+    """(size, name) pairs as a caption's list of objects: "a big fork, a small cat and a big dog"."""
+    listed = [f"{_article(size)} {size} {name}" for size, name in pairs]
+    return listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A question's phrase and a caption that states it: its (size, name) listing and relation phrases."""
+
+    phrase: str
+    listing: list[tuple[str, str]]
+    relations: list[str]  # "fork is left of the cat"
+
+
+def _asked(kind: str, true: bool, things: list[Any], rng: random.Random) -> Asked:
+    """The phrase of a question of `kind`, true of the scene or not, and a caption that states it either way.
+
+    The caption is written like a detection caption (objects in random order, other sizes and relations
+    wrong at the detection world's rates), and it reads alike whether the asked phrase is true or not:
+    an object question's caption always lists one absent object (the asked one, or another) and no
+    relation; the asked size or relation is stated as asked. Only the image tells.
+    """
     from seedcli.detect import world
 
-    def article(word: str) -> str:
-        return "an" if word[:1] in "aeiou" else "a"
+    rates = world.WorldSpec()
+    sized = {t.name: world.other_size(t.size) if rng.random() < rates.attribute_rate else t.size for t in things}
+    listing = [(sized[t.name], t.name) for t in things]
+    rng.shuffle(listing)
+
+    def relation_phrase(a: Any, b: Any, wrong: bool) -> str:
+        relation = world.true_relation(a, b, rng)
+        return f"{a.name} is {world.OPPOSITE[relation] if wrong else relation} the {b.name}"
 
     if kind == "object":
         name = rng.choice(things).name if true else world.absent_kind(things, rng)
-        return f"{article(name)} {name}"
-    thing = rng.choice(things)
+        phantom = name if not true else world.absent_kind(things, rng)
+        listing.insert(rng.randrange(len(listing) + 1), (rng.choice(tuple(prompts.SIZES)), phantom))
+        return Asked(f"{_article(name)} {name}", listing, [])
+    if rng.random() < rates.object_rate:
+        phantom = world.absent_kind(things, rng)
+        listing.insert(rng.randrange(len(listing) + 1), (rng.choice(tuple(prompts.SIZES)), phantom))
+    pairs = [(a, b) for a in things for b in things if a is not b]
     if kind == "attribute":
+        thing = rng.choice(things)
         size = thing.size if true else world.other_size(thing.size)
-        return f"{article(size)} {size} {thing.name}"
+        listing = [(size if name == thing.name else other, name) for other, name in listing]
+        chosen = rng.sample(pairs, min(len(pairs), rng.randint(*rates.relations)))
+        relations = [relation_phrase(a, b, rng.random() < rates.relation_rate) for a, b in chosen]
+        return Asked(f"{_article(size)} {size} {thing.name}", listing, list(dict.fromkeys(relations)))
     a, b = rng.sample(things, 2)
-    relation = world.true_relation(a, b, rng)
-    return f"the {a.name} is {relation if true else world.OPPOSITE[relation]} the {b.name}"
+    asked = relation_phrase(a, b, not true)
+    relations = [asked]
+    if rng.random() < 0.5:
+        c, d = rng.choice(pairs)
+        relations.insert(rng.randrange(2), relation_phrase(c, d, rng.random() < rates.relation_rate))
+    return Asked(f"the {asked}", listing, list(dict.fromkeys(relations)))
 
 
 def caption(things: list[Any], rng: random.Random) -> str:
@@ -98,12 +152,23 @@ def caption(things: list[Any], rng: random.Random) -> str:
     from seedcli.detect import world
 
     ordered = sorted(things, key=lambda t: t.cell)
-    listed = [f"{'an' if t.size[:1] in 'aeiou' else 'a'} {t.size} {t.name}" for t in ordered]
-    text = (listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]) + "."
+    text = _listing([(t.size, t.name) for t in ordered]) + "."
     pairs = [(a, b) for a in ordered for b in ordered if a is not b]
     for a, b in rng.sample(pairs, min(len(pairs), rng.randint(1, 2))):
         text += f" the {a.name} is {world.true_relation(a, b, rng)} the {b.name}."
     return text
+
+
+def _context(asked: Asked, rng: random.Random) -> str:
+    """The caption stating `asked` (a detection caption's opener and sentences), then its shuffled options."""
+    listed = [*(name for _, name in asked.listing), *(f"{size} {name}" for size, name in asked.listing)]
+    listed += asked.relations
+    rng.shuffle(listed)
+    ids = prompts.IDENTIFIER_SETS[rng.randrange(len(prompts.IDENTIFIER_SETS))]
+    options = "; ".join(f"{i}. {option}" for i, option in zip(ids, listed))
+    sentences = [f"{rng.choice(prompts.CAPTION_OPENERS)} {_listing(asked.listing)}."]
+    sentences += [f"The {relation}." for relation in asked.relations]
+    return CONTEXT.format(caption=" ".join(sentences), options=options)
 
 
 @dataclass(frozen=True)
@@ -116,8 +181,12 @@ class Corpus:
     kinds: list[str]
 
 
-def corpus(scenes: int, seed: int) -> Corpus:
-    """`scenes` scenes from the pretraining stream `seed`: images, captions, one question per kind and scene."""
+def corpus(scenes: int, seed: int, context_share: float = 0.0) -> Corpus:
+    """`scenes` scenes from the pretraining stream `seed`: images, captions, one question per kind and scene.
+
+    A share `context_share` of the questions stands behind a detection-like context (`_context`): a
+    caption that states the question's phrase whether or not it is true, and a list of its phrases.
+    """
     from seedcli.detect import world
 
     spec = world.WorldSpec()
@@ -135,7 +204,10 @@ def corpus(scenes: int, seed: int) -> Corpus:
                 continue
             true = rng.random() < 0.5
             yes, no = prompts.LABEL_WORDS[rng.randrange(len(prompts.LABEL_WORDS))]
-            prompt = PROMPT.format(yes=yes, no=no, phrase=_phrase(kind, true, things, rng))
+            asked = _asked(kind, true, things, rng)
+            prompt = PROMPT.format(yes=yes, no=no, phrase=asked.phrase)
+            if rng.random() < context_share:
+                prompt = _context(asked, rng) + prompt
             questions.append(Question(index, -1, prompt, (yes, no), False, int(not true)))
             kinds.append(kind)
     return Corpus(images, captions, questions, kinds)
@@ -148,11 +220,13 @@ def spec(recipe: PretrainRecipe | None = None) -> dict[str, Any]:
 
     from seedcli.detect.world import WorldSpec
 
+    # held_out_scenes only measures (no weight depends on it), so it is not part of the key.
+    trained = {k: v for k, v in asdict(recipe or RECIPE).items() if k != "held_out_scenes"}
     return {
-        "recipe": asdict(recipe or RECIPE),
+        "recipe": trained,
         "world": asdict(WorldSpec()),
         "version": PRETRAIN_VERSION,
-        "prompts": [PROMPT, CAPTION_PROMPT],
+        "prompts": [PROMPT, CAPTION_PROMPT, CONTEXT],
         "torch": torch.__version__.split("+")[0],
         "transformers": transformers.__version__,
     }
@@ -180,7 +254,7 @@ def _order(n: int, seed: int, epoch: int, kind: str) -> list[int]:
 
 
 def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train all weights of `loaded.model` on the world corpus in place; returns stats (losses per tenth)."""
+    """Train all weights of `loaded.model` on the world corpus in place; stats: losses, held-out accuracy per tenth."""
     import torch
 
     from seedcli.core.distill import warmup_cosine
@@ -191,7 +265,7 @@ def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = No
 
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    data = corpus(recipe.scenes, recipe.seed)
+    data = corpus(recipe.scenes, recipe.seed, recipe.context_share)
     pictures = Pictures(data.images)
     captions = _encode_captions(loaded, data)
     pad = loaded.processor.tokenizer.pad_token_id
@@ -207,6 +281,8 @@ def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = No
     caption_batches = max(1, len(captions) // size)
     question_batches = max(1, len(data.questions) // size)
     curves: dict[str, list[float]] = {"caption": [], "question": []}
+    held_out = corpus(recipe.held_out_scenes, recipe.seed + 1, 1.0) if recipe.held_out_scenes else None
+    learning: list[dict[str, float]] = []  # held-out accuracy per kind at every tenth
     window: dict[str, list[float]] = {"caption": [], "question": []}
     with reporter.task("world pretraining", total=recipe.steps, unit="step") as task:
         for step in range(recipe.steps):
@@ -239,6 +315,9 @@ def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = No
                     if values:
                         curves[name].append(round(sum(values) / len(values), 4))
                         values.clear()
+                if held_out is not None:
+                    scores = corpus_accuracy(loaded, model, held_out)
+                    learning.append({"step": step + 1, **{k: round(v, 4) for k, v in scores.items()}})
             task.advance(1, loss=float(loss.detach()))
     model.eval()
     for parameter in model.parameters():
@@ -248,6 +327,7 @@ def pretrain(loaded: Any, recipe: PretrainRecipe, reporter: Reporter | None = No
         "scenes": recipe.scenes,
         "questions": len(data.questions),
         "losses": curves,
+        "held_out": learning,
         "seconds": round(time.monotonic() - started, 1),
         "recipe": asdict(recipe),
     }
@@ -267,17 +347,25 @@ def build(
     return stats
 
 
-def accuracy(loaded: Any, model: Any, scenes: int, seed: int, batch_size: int = 64) -> dict[str, float]:
+def accuracy(
+    loaded: Any, model: Any, scenes: int, seed: int, batch_size: int = 64, context_share: float = 0.0
+) -> dict[str, float]:
     """Per-kind accuracy of `model` on a held-out corpus (another seed) of the pretraining questions."""
+    return corpus_accuracy(loaded, model, corpus(scenes, seed, context_share), batch_size)
+
+
+def corpus_accuracy(loaded: Any, model: Any, data: Corpus, batch_size: int = 64) -> dict[str, float]:
+    """Per-kind share of `data`'s questions that `model` answers right (argmax of the two label words)."""
     import torch
 
     from seedcli.detect.scoring import answer_logits, encode_batch
 
-    data = corpus(scenes, seed)
     pictures = Pictures(data.images)
     questions, kinds = data.questions, data.kinds
     right = {k: 0 for k in KINDS}
     total = {k: 0 for k in KINDS}
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
         for start in range(0, len(questions), batch_size):
             batch = questions[start : start + batch_size]
@@ -285,4 +373,5 @@ def accuracy(loaded: Any, model: Any, scenes: int, seed: int, batch_size: int = 
             for q, kind, guess in zip(batch, kinds[start : start + batch_size], logits.argmax(-1).tolist()):
                 right[kind] += int(guess == q.target)
                 total[kind] += 1
+    model.train(was_training)
     return {k: right[k] / total[k] for k in KINDS if total[k]}

@@ -12,7 +12,7 @@ from seedcli.detect import pretrain
 
 pytestmark = pytest.mark.smoke
 
-TINY = dataclasses.replace(pretrain.RECIPE, scenes=6, steps=4, caption_only_steps=2, batch_size=4)
+TINY = dataclasses.replace(pretrain.RECIPE, scenes=6, steps=4, caption_only_steps=2, batch_size=4, held_out_scenes=3)
 
 
 def _weights(directory: Path) -> dict:
@@ -29,6 +29,7 @@ def test_build_is_deterministic(tmp_path: Path) -> None:
     first = pretrain.build("tiny-qwen2-vl-s", tmp_path / "a", TINY)
     second = pretrain.build("tiny-qwen2-vl-s", tmp_path / "b", TINY)
     assert first["losses"] == second["losses"] and len(first["losses"]["question"]) > 0
+    assert first["held_out"] == second["held_out"] and [r["step"] for r in first["held_out"]] == [1, 2, 3, 4]
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base = _weights(ensure_tiny("tiny-qwen2-vl-s"))

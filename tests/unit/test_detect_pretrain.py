@@ -60,22 +60,70 @@ def test_caption_is_true_of_the_scene() -> None:
 def test_phrases_are_true_or_false_as_asked(seed: int) -> None:
     rng = random.Random(seed)
     present = {t.name for t in SCENE}
-    assert pretrain._phrase("object", True, SCENE, rng).split()[-1] in present
-    assert pretrain._phrase("object", False, SCENE, rng).split()[-1] not in present
-    _, size, name = pretrain._phrase("attribute", True, SCENE, rng).split()
+    assert pretrain._asked("object", True, SCENE, rng).phrase.split()[-1] in present
+    assert pretrain._asked("object", False, SCENE, rng).phrase.split()[-1] not in present
+    _, size, name = pretrain._asked("attribute", True, SCENE, rng).phrase.split()
     assert (name, size) in {("fork", "big"), ("cat", "small")}
-    _, size, name = pretrain._phrase("attribute", False, SCENE, rng).split()
+    _, size, name = pretrain._asked("attribute", False, SCENE, rng).phrase.split()
     assert (name, size) in {("fork", "small"), ("cat", "big")}
-    false = pretrain._phrase("relation", False, SCENE, rng)
+    false = pretrain._asked("relation", False, SCENE, rng).phrase
     assert false in {"the fork is right of the cat", "the fork is below the cat",
                      "the cat is left of the fork", "the cat is above the fork"}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", pretrain.KINDS)
+def test_context_states_the_asked_phrase_whether_true_or_not(kind: str) -> None:
+    present = {t.name for t in SCENE}
+    for true in (True, False):
+        for seed in range(30):
+            rng = random.Random(seed)
+            asked = pretrain._asked(kind, true, SCENE, rng)
+            caption, options = pretrain._context(asked, rng).splitlines()
+            assert caption.startswith("Caption: ") and options.startswith("Options: ")
+            listed = [entry.split(". ", 1)[1] for entry in options.removeprefix("Options: ").split("; ")]
+            bare = asked.phrase.split(" ", 1)[1]  # "fork", "big fork", "fork is left of the cat"
+            assert listed.count(bare) == 1 and f" {bare}" in caption
+            assert len(listed) == 2 * len(asked.listing) + len(asked.relations)
+            names = [name for _, name in asked.listing]
+            assert len(names) == len(set(names)) and present <= set(names)
+            if kind == "object":  # exactly one absent object listed (the asked one or another), no relation
+                assert len(set(names) - present) == 1 and asked.relations == []
+                assert (bare in present) == true
+            elif kind == "attribute":
+                assert (bare in {f"{t.size} {t.name}" for t in SCENE}) == true
+            else:
+                assert bare in asked.relations and f"The {bare}." in caption
+
+
+@pytest.mark.parametrize("kind", pretrain.KINDS)
+def test_context_does_not_give_the_answer_away(kind: str) -> None:
+    # The shape of the text (how many objects, absent objects and relations it lists) is drawn the same way
+    # for a true phrase as for a false one.
+    scene = [Thing("fork", "big", 0), Thing("cat", "small", 3), Thing("dog", "big", 1)]
+    present = {t.name for t in scene}
+
+    def shape(true: bool, seed: int) -> tuple[int, int, int]:
+        asked = pretrain._asked(kind, true, scene, random.Random(seed))
+        names = {name for _, name in asked.listing}
+        return len(asked.listing), len(names - present), len(asked.relations)
+
+    for column in range(3):
+        means = [sum(shape(true, seed)[column] for seed in range(600)) / 600 for true in (True, False)]
+        assert abs(means[0] - means[1]) < 0.1, (column, means)
+
+
+def test_context_share_puts_that_share_of_questions_behind_a_context() -> None:
+    data = pretrain.corpus(100, 0, context_share=0.5)
+    behind = [q.prompt.startswith("Caption: ") for q in data.questions]
+    assert 0.35 < sum(behind) / len(behind) < 0.65
+    assert all(q.prompt.split("\n")[-2].startswith("Answer ") for q in data.questions)
 
 
 def test_every_corpus_word_is_in_the_rungs_vocabulary() -> None:
     from seedcli.models import tiny
 
     vocabulary = set(tiny._word_list(tiny._rung_words()))
-    data = pretrain.corpus(40, 0)
+    data = pretrain.corpus(40, 0, context_share=1.0)
     texts = [pretrain.CAPTION_PROMPT, *data.captions, *(q.prompt for q in data.questions)]
     words = {w.lower() for text in texts for w in re.findall(r"[A-Za-z]+|\d+|[^\w\s]", text)}
     assert words <= vocabulary, sorted(words - vocabulary)
