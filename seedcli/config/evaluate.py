@@ -156,8 +156,8 @@ class EvaluateConfig:
     )
     detector_threshold: float | None = option(
         None,
-        "The detector flags an option when P(hallucinated) exceeds this (default: the run's threshold calibrated on "
-        "dev, else 0.5).",
+        "The detector flags an option when P(hallucinated) exceeds this (default: the run's thresholds calibrated "
+        "on dev, one per option kind, else 0.5).",
         min=0.0,
         max=1.0,
         panel=DETECTOR,

@@ -146,8 +146,8 @@ class PrepareConfig:
     )
     filter_threshold: float | None = option(
         None,
-        "The --filter-with detector flags an option when P(hallucinated) exceeds this (default: the run's threshold "
-        "calibrated on dev, else 0.5).",
+        "The --filter-with detector flags an option when P(hallucinated) exceeds this (default: the run's "
+        "thresholds calibrated on dev, one per option kind, else 0.5).",
         min=0.0, max=1.0, panel=FILTER,
     )
 
