@@ -84,16 +84,6 @@ class Pictures:
         return self.images[index]
 
 
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
-
-
-def _listing(pairs: list[tuple[str, str]]) -> str:
-    """(size, name) pairs as a caption's list of objects: "a big fork, a small cat and a big dog"."""
-    listed = [f"{_article(size)} {size} {name}" for size, name in pairs]
-    return listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
-
-
 @dataclass(frozen=True)
 class Asked:
     """A question's phrase and a caption that states it: its (size, name) listing and relation phrases."""
@@ -126,7 +116,7 @@ def _asked(kind: str, true: bool, things: list[Any], rng: random.Random) -> Aske
         name = rng.choice(things).name if true else world.absent_kind(things, rng)
         phantom = name if not true else world.absent_kind(things, rng)
         listing.insert(rng.randrange(len(listing) + 1), (rng.choice(tuple(prompts.SIZES)), phantom))
-        return Asked(f"{_article(name)} {name}", listing, [])
+        return Asked(f"{world.article(name)} {name}", listing, [])
     if rng.random() < rates.object_rate:
         phantom = world.absent_kind(things, rng)
         listing.insert(rng.randrange(len(listing) + 1), (rng.choice(tuple(prompts.SIZES)), phantom))
@@ -137,7 +127,7 @@ def _asked(kind: str, true: bool, things: list[Any], rng: random.Random) -> Aske
         listing = [(size if name == thing.name else other, name) for other, name in listing]
         chosen = rng.sample(pairs, min(len(pairs), rng.randint(*rates.relations)))
         relations = [relation_phrase(a, b, rng.random() < rates.relation_rate) for a, b in chosen]
-        return Asked(f"{_article(size)} {size} {thing.name}", listing, list(dict.fromkeys(relations)))
+        return Asked(f"{world.article(size)} {size} {thing.name}", listing, list(dict.fromkeys(relations)))
     a, b = rng.sample(things, 2)
     asked = relation_phrase(a, b, not true)
     relations = [asked]
@@ -152,7 +142,7 @@ def caption(things: list[Any], rng: random.Random) -> str:
     from seedcli.detect import world
 
     ordered = sorted(things, key=lambda t: t.cell)
-    text = _listing([(t.size, t.name) for t in ordered]) + "."
+    text = world.object_list([(t.size, t.name) for t in ordered]) + "."
     pairs = [(a, b) for a in ordered for b in ordered if a is not b]
     for a, b in rng.sample(pairs, min(len(pairs), rng.randint(1, 2))):
         text += f" the {a.name} is {world.true_relation(a, b, rng)} the {b.name}."
@@ -161,12 +151,14 @@ def caption(things: list[Any], rng: random.Random) -> str:
 
 def _context(asked: Asked, rng: random.Random) -> str:
     """The caption stating `asked` (a detection caption's opener and sentences), then its shuffled options."""
+    from seedcli.detect import world
+
     listed = [*(name for _, name in asked.listing), *(f"{size} {name}" for size, name in asked.listing)]
     listed += asked.relations
     rng.shuffle(listed)
     ids = prompts.IDENTIFIER_SETS[rng.randrange(len(prompts.IDENTIFIER_SETS))]
     options = "; ".join(f"{i}. {option}" for i, option in zip(ids, listed))
-    sentences = [f"{rng.choice(prompts.CAPTION_OPENERS)} {_listing(asked.listing)}."]
+    sentences = [f"{rng.choice(prompts.CAPTION_OPENERS)} {world.object_list(asked.listing)}."]
     sentences += [f"The {relation}." for relation in asked.relations]
     return CONTEXT.format(caption=" ".join(sentences), options=options)
 

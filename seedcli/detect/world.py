@@ -121,8 +121,15 @@ def other_size(size: str) -> str:
     return next(s for s in sorted(SIZES) if s != size)
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The indefinite article before `word`."""
     return "an" if word[:1] in "aeiou" else "a"
+
+
+def object_list(pairs: list[tuple[str, str]]) -> str:
+    """(size, name) pairs as a caption lists them: "a big fork, a small cat and a big dog"."""
+    listed = [f"{article(size)} {size} {name}" for size, name in pairs]
+    return listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
 
 
 def track1_item(item_id: str, image: Path, things: list[Thing], rng: random.Random, spec: WorldSpec) -> Item:
@@ -136,9 +143,7 @@ def track1_item(item_id: str, image: Path, things: list[Thing], rng: random.Rand
     if rng.random() < spec.object_rate:
         hallucinated_object = absent_kind(things, rng)
         phrases.insert(rng.randint(0, len(phrases)), (rng.choice(sorted(SIZES)), hallucinated_object, False))
-    listed = [f"{_article(c)} {c} {n}" for c, n, _ in phrases]
-    objects = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
-    sentences = [f"{rng.choice(CAPTION_OPENERS)} {objects}."]
+    sentences = [f"{rng.choice(CAPTION_OPENERS)} {object_list([(c, n) for c, n, _ in phrases])}."]
     options: list[tuple[str, str, bool]] = []  # (text, kind, hallucinated)
     for size, name, wrong in phrases:
         absent = name == hallucinated_object
@@ -164,12 +169,12 @@ def track1_item(item_id: str, image: Path, things: list[Thing], rng: random.Rand
 
 def track2_item(item_id: str, image: Path, things: list[Thing], rng: random.Random) -> Item:
     """A context naming the objects and one claim, factual with probability 1/2."""
-    context = f"The image shows {' and '.join(f'{_article(t.name)} {t.name}' for t in things)}."
+    context = f"The image shows {' and '.join(f'{article(t.name)} {t.name}' for t in things)}."
     factual = rng.random() < 0.5
     kind = rng.choice(("object", "attribute", "relation") if len(things) > 1 else ("object", "attribute"))
     if kind == "object":
         name = rng.choice(things).name if factual else absent_kind(things, rng)
-        claim = f"there is {_article(name)} {name}."
+        claim = f"there is {article(name)} {name}."
     elif kind == "attribute":
         t = rng.choice(things)
         claim = f"the {t.name} is {t.size if factual else other_size(t.size)}."
