@@ -57,7 +57,7 @@ def load_detector(path: Path, dtype: str, device: str) -> Any:
     """A trained rung from `detector_path`: its saved model, or (a LoRA rung) its base with the adapter applied."""
     import dataclasses
 
-    from seedcli.models.adapters import check_fits
+    from seedcli.models.adapters import check_base, check_fits
     from seedcli.models.loading import load
 
     lora = lora_base(path)
@@ -65,6 +65,8 @@ def load_detector(path: Path, dtype: str, device: str) -> Any:
         return load(str(path), dtype=dtype, device=device)
     base, quantization = lora
     loaded = load(base, dtype=dtype, device=device, quantization=quantization)
+    # Rungs of one family can share the adapted modules' shapes: compare the bases' sizes too.
+    check_base([Path(path)], model=base, config=loaded.model.config, run=None)
     check_fits(loaded.model, [Path(path)], base=base, run=path)
     # Merged for speed; a 4/8-bit base keeps the adapter beside it.
     model = rundir.apply_adapters(loaded.model, [Path(path)], merge_last=quantization == "none")

@@ -74,6 +74,16 @@ def _architecture(config: Any) -> tuple[str, tuple[str, ...]]:
     return str(getattr(config, "model_type", "")), tuple(getattr(config, "architectures", None) or ())
 
 
+SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def _text_shape(config: Any) -> dict[str, Any]:
+    """The language model's sizes: two bases of one architecture can still differ there (a model family's
+    sizes), and an adapter of the attention only may fit both."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {field: getattr(text, field, None) for field in SHAPE_FIELDS}
+
+
 def check_base(chain: Sequence[Path], *, model: str, config: Any, run: Any) -> None:
     """Refuse `model` (with its loaded `config`) for adapters trained on a base of another architecture.
 
@@ -99,6 +109,13 @@ def check_base(chain: Sequence[Path], *, model: str, config: Any, run: Any) -> N
             raise ModelError(
                 f"the adapter {adapter_dir} was trained on {base} ({'/'.join(theirs[1]) or theirs[0]}), but "
                 f"{model!r} is a {'/'.join(ours[1]) or ours[0]}; pass the base model the adapter was trained on."
+            )
+        if other is not None and _text_shape(other) != _text_shape(config):
+            theirs, ours = _text_shape(other), _text_shape(config)
+            differ = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in SHAPE_FIELDS if theirs[k] != ours[k])
+            raise ModelError(
+                f"the adapter {adapter_dir} was trained on another base model, {base}, whose sizes differ from "
+                f"{model!r} ({differ}); pass the base model the adapter was trained on."
             )
 
 

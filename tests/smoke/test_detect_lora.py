@@ -15,7 +15,7 @@ from tests.smoke.test_detect import data as data  # noqa: F401  (the module-scop
 
 pytestmark = pytest.mark.smoke
 
-LORA = ["--tuning", "lora", "--lora-r", "4", "--lora-alpha", "8"]
+LORA = ["--tuning", "lora", "--lora-r", "4", "--lora-alpha", "32"]  # scale 8: a visible change after one epoch
 
 
 def test_lora_pipeline_train_run_evaluate(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001, F811
