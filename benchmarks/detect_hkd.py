@@ -155,6 +155,8 @@ def table(per_seed: dict[int, dict[str, dict]]) -> str:
     lines = ["| system | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for key, label in ROWS:
         values = [headline(results[key]) for results in per_seed.values() if key in results]
+        if not values:  # an ablation row when no run seed is in --ablation-seeds
+            continue
         cells = []
         for column in columns:
             xs = [v[column] for v in values]
