@@ -98,20 +98,23 @@ class Rung:
     image_size: int = 32
 
 
-# Three widths, one layer each (deeper rungs collapsed to a constant answer within our CPU budget, while
-# one-layer rungs learned); every head is 16 wide so the multimodal RoPE sections stay valid. The rungs'
-# vocabulary adds the detector's prompt language (seedcli.detect.prompts) to the world's words.
+# One decoder layer each, all with the smallest rung's attention (width 32, two heads of 16, so the
+# multimodal RoPE sections stay valid); the rungs grow in MLP width (64, 128, 256) and vision tower
+# width (32, 48, 64). With two layers, or with attention as wide as the vision tower, the medium and
+# largest rungs did not learn existence questions in world pretraining (docs/detect.md, "World-pretrained
+# tiny rungs"). The rungs' vocabulary adds the detector's prompt language (seedcli.detect.prompts) to
+# the world's words.
 RUNGS: dict[str, Rung] = {
     "tiny-qwen2-vl-s": Rung(
         text=_text_sizes(hidden=32, intermediate=64, layers=1, heads=2),
         vision={"depth": 1, "embed_dim": 32, "num_heads": 2},
     ),
     "tiny-qwen2-vl-m": Rung(
-        text=_text_sizes(hidden=48, intermediate=96, layers=1, heads=3),
+        text=_text_sizes(hidden=32, intermediate=128, layers=1, heads=2),
         vision={"depth": 1, "embed_dim": 48, "num_heads": 3},
     ),
     "tiny-qwen2-vl-l": Rung(
-        text=_text_sizes(hidden=64, intermediate=128, layers=1, heads=4),
+        text=_text_sizes(hidden=32, intermediate=256, layers=1, heads=2),
         vision={"depth": 1, "embed_dim": 64, "num_heads": 4},
     ),
 }

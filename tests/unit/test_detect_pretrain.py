@@ -138,3 +138,16 @@ def test_world_rungs_are_keyed_by_base_and_recipe(monkeypatch: pytest.MonkeyPatc
     assert all(keys[name] != tiny.fingerprint(base) for name, base in tiny.WORLD_RUNGS.items())
     monkeypatch.setattr(pretrain, "RECIPE", dataclasses.replace(pretrain.RECIPE, steps=pretrain.RECIPE.steps + 1))
     assert all(tiny.fingerprint(name) != keys[name] for name in names)
+
+
+def test_rungs_share_attention_and_grow_in_mlp_and_vision_width() -> None:
+    from seedcli.models import tiny
+
+    small, medium, large = (tiny.RUNGS[f"tiny-qwen2-vl-{size}"] for size in "sml")
+    for rung in (small, medium, large):
+        assert rung.text["num_hidden_layers"] == 1 and rung.vision["depth"] == 1
+        assert rung.text["hidden_size"] == small.text["hidden_size"]
+        assert rung.text["num_attention_heads"] == small.text["num_attention_heads"]
+        assert rung.vision["embed_dim"] // rung.vision["num_heads"] == 16  # heads of 16 for the RoPE sections
+    assert small.text["intermediate_size"] < medium.text["intermediate_size"] < large.text["intermediate_size"]
+    assert small.vision["embed_dim"] < medium.vision["embed_dim"] < large.vision["embed_dim"]
