@@ -85,10 +85,11 @@ def _text_shape(config: Any) -> dict[str, Any]:
 
 
 def check_base(chain: Sequence[Path], *, model: str, config: Any, run: Any) -> None:
-    """Refuse `model` (with its loaded `config`) for adapters trained on a base of another architecture.
+    """Refuse `model` (with its loaded `config`) for adapters trained on a base of another architecture or size.
 
-    Compared, without loading weights: the family the run recorded, and the architecture of the base
-    each adapter names in its adapter_config.json (when that base's config is readable offline).
+    Compared, without loading weights: the family the run recorded, and the architecture and language-model
+    sizes of the base each adapter names in its adapter_config.json (when that base's config is readable
+    offline).
     """
     from seedcli.models.families import family_for
 

@@ -148,6 +148,6 @@ def test_rungs_share_attention_and_grow_in_mlp_and_vision_width() -> None:
         assert rung.text["num_hidden_layers"] == 1 and rung.vision["depth"] == 1
         assert rung.text["hidden_size"] == small.text["hidden_size"]
         assert rung.text["num_attention_heads"] == small.text["num_attention_heads"]
-        assert rung.vision["embed_dim"] // rung.vision["num_heads"] == 16  # heads of 16 for the RoPE sections
+        assert rung.vision["embed_dim"] // rung.vision["num_heads"] == 16  # vision heads of 16, as in the text model
     assert small.text["intermediate_size"] < medium.text["intermediate_size"] < large.text["intermediate_size"]
     assert small.vision["embed_dim"] < medium.vision["embed_dim"] < large.vision["embed_dim"]
