@@ -77,11 +77,11 @@ def _architecture(config: Any) -> tuple[str, tuple[str, ...]]:
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
-def _text_shape(config: Any) -> dict[str, Any]:
-    """The language model's sizes: two bases of one architecture can still differ there (a model family's
-    sizes), and an adapter of the attention only may fit both."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return {field: getattr(text, field, None) for field in SHAPE_FIELDS}
+def _size_pairs(theirs: Any, ours: Any) -> list[tuple[str, Any, Any]]:
+    """(field, their size, our size) of the two configs' language models: two bases of one architecture can
+    still differ there (a model family's sizes), and an adapter of the attention only may fit both."""
+    a, b = (c.get_text_config() if hasattr(c, "get_text_config") else c for c in (theirs, ours))
+    return [(field, getattr(a, field, None), getattr(b, field, None)) for field in SHAPE_FIELDS]
 
 
 def check_base(chain: Sequence[Path], *, model: str, config: Any, run: Any) -> None:
@@ -105,15 +105,16 @@ def check_base(chain: Sequence[Path], *, model: str, config: Any, run: Any) -> N
     for adapter_dir in chain:
         base = trained_base(adapter_dir)
         other = _local_config(base) if base and base != model else None
-        if other is not None and _architecture(other) != given:
+        if other is None:
+            continue
+        if _architecture(other) != given:
             theirs, ours = _architecture(other), given
             raise ModelError(
                 f"the adapter {adapter_dir} was trained on {base} ({'/'.join(theirs[1]) or theirs[0]}), but "
                 f"{model!r} is a {'/'.join(ours[1]) or ours[0]}; pass the base model the adapter was trained on."
             )
-        if other is not None and _text_shape(other) != _text_shape(config):
-            theirs, ours = _text_shape(other), _text_shape(config)
-            differ = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in SHAPE_FIELDS if theirs[k] != ours[k])
+        differ = ", ".join(f"{k} {a} vs {b}" for k, a, b in _size_pairs(other, config) if a != b)
+        if differ:
             raise ModelError(
                 f"the adapter {adapter_dir} was trained on another base model, {base}, whose sizes differ from "
                 f"{model!r} ({differ}); pass the base model the adapter was trained on."
