@@ -212,11 +212,12 @@ def spec(recipe: PretrainRecipe | None = None) -> dict[str, Any]:
 
     from seedcli.detect.world import WorldSpec
 
-    # held_out_scenes only measures (no weight depends on it), so it is not part of the key.
+    # held_out_scenes only measures (no weight depends on it), so it is not part of the key; nor is the
+    # size of the detection sets' unlabelled split (pretraining draws scenes, never detection items).
     trained = {k: v for k, v in asdict(recipe or RECIPE).items() if k != "held_out_scenes"}
     return {
         "recipe": trained,
-        "world": asdict(WorldSpec()),
+        "world": {k: v for k, v in asdict(WorldSpec()).items() if k != "unlabelled"},
         "version": PRETRAIN_VERSION,
         "prompts": [PROMPT, CAPTION_PROMPT, CONTEXT],
         "torch": torch.__version__.split("+")[0],

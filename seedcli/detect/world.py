@@ -17,7 +17,7 @@ existing object, a size or a relation, factual or not with probability 1/2.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from seedcli.reporting import NullReporter, Reporter
 GRID = 2
 IMAGES_DIR = "images"
 SPLITS = ("train", "dev", "test")
+UNLABELLED = "unlabelled"  # the transfer set's split: items without labels
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
@@ -37,6 +38,8 @@ class WorldSpec:
 
     track1: tuple[int, int, int] = (120, 80, 200)  # train, dev, test items
     track2: tuple[int, int, int] = (60, 40, 100)
+    # Unlabelled items per track (the transfer set: distillation stages learn the teachers' answers on them).
+    unlabelled: tuple[int, int] = (360, 180)
     objects: tuple[int, int] = (2, 3)
     object_rate: float = 0.5  # P(a hallucinated object is added to a caption)
     attribute_rate: float = 0.3  # P(a size phrase is wrong)
@@ -188,26 +191,39 @@ def track2_item(item_id: str, image: Path, things: list[Thing], rng: random.Rand
 def build_detect_sets(
     out: Path, *, seed: int, spec: WorldSpec = WorldSpec(), reporter: Reporter | None = None
 ) -> dict[str, int]:
-    """Render images and write track{1,2}-{train,dev,test}.jsonl into `out`; returns item counts."""
+    """Render images and write track{1,2}-{train,dev,test,unlabelled}.jsonl into `out`; returns item counts.
+
+    The unlabelled split (the transfer set) draws from its own stream: the labelled splits of a seed
+    are the same with or without it.
+    """
     reporter = reporter or NullReporter()
-    rng = random.Random(f"detect-{seed}")
     out = Path(out)
     counts: dict[str, int] = {}
-    total = sum(spec.track1) + sum(spec.track2)
+    total = sum(spec.track1) + sum(spec.track2) + sum(spec.unlabelled)
     with reporter.task("Rendering detection items", total=total, unit="item") as task:
+
+        def write(track: int, split: str, n: int, rng: random.Random, labelled: bool = True) -> None:
+            items = []
+            for i in range(n):
+                item_id = f"t{track}-{split}-{i:05d}"
+                image = out / IMAGES_DIR / f"{item_id}.png"
+                things = scene(rng, spec)
+                _render(things, spec.image_size, rng, image)
+                item = (
+                    track1_item(item_id, image, things, rng, spec)
+                    if track == 1
+                    else track2_item(item_id, image, things, rng)
+                )
+                items.append(item if labelled else replace(item, labels=None))
+                task.advance()
+            write_items(out / f"track{track}-{split}.jsonl", items)
+            counts[f"track{track}_{split}"] = n
+
+        rng = random.Random(f"detect-{seed}")
         for track, sizes in ((1, spec.track1), (2, spec.track2)):
             for split, n in zip(SPLITS, sizes):
-                items = []
-                for i in range(n):
-                    item_id = f"t{track}-{split}-{i:05d}"
-                    image = out / IMAGES_DIR / f"{item_id}.png"
-                    things = scene(rng, spec)
-                    _render(things, spec.image_size, rng, image)
-                    if track == 1:
-                        items.append(track1_item(item_id, image, things, rng, spec))
-                    else:
-                        items.append(track2_item(item_id, image, things, rng))
-                    task.advance()
-                write_items(out / f"track{track}-{split}.jsonl", items)
-                counts[f"track{track}_{split}"] = n
+                write(track, split, n, rng)
+        rng = random.Random(f"detect-{seed}-{UNLABELLED}")
+        for track, n in zip((1, 2), spec.unlabelled):
+            write(track, UNLABELLED, n, rng, labelled=False)
     return counts

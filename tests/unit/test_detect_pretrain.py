@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 
@@ -137,6 +138,15 @@ def test_world_rungs_are_keyed_by_base_and_recipe(monkeypatch: pytest.MonkeyPatc
     assert len(set(keys.values())) == len(names)
     assert all(keys[name] != tiny.fingerprint(base) for name, base in tiny.WORLD_RUNGS.items())
     monkeypatch.setattr(pretrain, "RECIPE", dataclasses.replace(pretrain.RECIPE, steps=pretrain.RECIPE.steps + 1))
+    assert all(tiny.fingerprint(name) != keys[name] for name in names)
+    monkeypatch.undo()
+    # The detection sets' unlabelled split is not drawn from in pretraining: its size keeps the keys.
+    from seedcli.detect import world
+
+    spec = world.WorldSpec
+    monkeypatch.setattr(world, "WorldSpec", functools.partial(spec, unlabelled=(1, 1)))
+    assert all(tiny.fingerprint(name) == keys[name] for name in names)
+    monkeypatch.setattr(world, "WorldSpec", functools.partial(spec, unlabelled=(1, 1), track2=(1, 1, 1)))
     assert all(tiny.fingerprint(name) != keys[name] for name in names)
 
 
