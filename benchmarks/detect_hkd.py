@@ -1,10 +1,13 @@
 """HKD4VLM on the synthetic world: the pyramid's student against direct fine-tuning, and the ablations.
 
 For every seed: `seed prepare --synthetic --detect --seed S`, then `seed detect train` for
-    hkd         the full method (online pyramid L -> M -> S, ternary refinement, augmentation)
-    offline     --offline (frozen teachers)
+    hkd         the full method (online pyramid L -> M -> S, ternary refinement, augmentation, the
+                transfer set in the stages with frozen teachers)
+    offline     --offline (frozen teachers; the transfer set in every distillation stage)
     no-pyramid  --no-pyramid (S distilled from L directly; refinement with labels + L)
     no-augment  --no-augment
+    no-transfer --no-transfer (every stage sees the labelled items only)
+    offline-no-pyramid  --offline --no-pyramid (S learns from the frozen, fine-tuned L alone)
     direct-S    --models S alone, trained for as many epochs as the HKD student (kd + refinement)
 and `seed detect evaluate` on the test split with --shifts K, plus the hkd run at --shifts 1. Two rows
 come from stages of the hkd run: direct-L (its SFT stage: the largest rung fine-tuned directly) and
@@ -30,7 +33,14 @@ from pathlib import Path
 
 # World-pretrained tiny rungs (seedcli.detect.pretrain), largest first; --ladder picks others.
 LADDER = "tiny-qwen2-vl-l-world,tiny-qwen2-vl-m-world,tiny-qwen2-vl-s-world"
-VARIANTS = {"hkd": [], "offline": ["--offline"], "no-pyramid": ["--no-pyramid"], "no-augment": ["--no-augment"]}
+VARIANTS = {
+    "hkd": [],
+    "offline": ["--offline"],
+    "no-pyramid": ["--no-pyramid"],
+    "no-augment": ["--no-augment"],
+    "no-transfer": ["--no-transfer"],
+    "offline-no-pyramid": ["--offline", "--no-pyramid"],
+}
 ROWS = (
     ("hkd", "HKD student (S), K shifts"),
     ("hkd-k1", "HKD student (S), single pass"),
@@ -40,6 +50,8 @@ ROWS = (
     ("no-pyramid", "ablation: no pyramid (L -> S)"),
     ("no-refine", "ablation: no refinement"),
     ("no-augment", "ablation: no augmentation"),
+    ("no-transfer", "ablation: no transfer set"),
+    ("offline-no-pyramid", "ablation: offline, no pyramid (frozen L -> S)"),
 )
 
 
@@ -66,7 +78,7 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
     data = root / "data"
     if not (data / "manifest.json").is_file():
         seed_cli("prepare", "--synthetic", "--detect", "--seed", str(seed), "--out", str(data), "--overwrite", "--json")
-    variants = VARIANTS if seed in cfg.ablation_seeds else {"hkd": []}
+    variants = {k: v for k, v in VARIANTS.items() if k == "hkd" or (seed in cfg.ablation_seeds and k in cfg.ablations)}
     jobs = {name: train_args(cfg, data, root / name, seed) + extra for name, extra in variants.items()}
     student_epochs = cfg.epochs + cfg.refine_epochs
     jobs["direct-S"] = train_args(cfg, data, root / "direct-S", seed) + [
@@ -178,11 +190,16 @@ def main() -> None:
     parser.add_argument("--shifts", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=4, help="trainings run at once")
     parser.add_argument("--ablation-seeds", default="1,2,3", help="seeds that also train the ablations")
+    parser.add_argument("--ablations", default=",".join(list(VARIANTS)[1:]), help="which ablations they train")
     cfg = parser.parse_args()
     seeds = [int(s) for s in cfg.seeds.split(",")]
     cfg.ladder = cfg.ladder.split(",")
     build_ladder(cfg.ladder)
     cfg.ablation_seeds = {int(s) for s in cfg.ablation_seeds.split(",") if s}
+    cfg.ablations = {a for a in cfg.ablations.split(",") if a}
+    unknown = cfg.ablations - set(VARIANTS)
+    if unknown:
+        parser.error(f"--ablations: unknown {', '.join(sorted(unknown))}; choose from {', '.join(list(VARIANTS)[1:])}")
     with ThreadPoolExecutor(cfg.jobs) as pool, ThreadPoolExecutor(len(seeds)) as outer:
         per_seed = dict(zip(seeds, outer.map(lambda s: run_seed(cfg, s, pool), seeds)))
     text = table(per_seed)

@@ -33,7 +33,9 @@ class DetectTrainConfig:
     dtype: str = option("auto", "Weight dtype (auto = bf16 on capable GPUs, else fp32).", choices=DTYPES, panel=MODEL)
     device: str = option("auto", "Device (auto = cuda when available).", choices=DEVICES, panel=MODEL)
     data: Path = option(
-        DEFAULT_DATA, "Data directory with detect/track{1,2}-{train,dev}.jsonl (`seed prepare --detect`).", panel=DATA
+        DEFAULT_DATA,
+        "Data directory with detect/track{1,2}-{train,dev,unlabelled}.jsonl (`seed prepare --detect`).",
+        panel=DATA,
     )
     train_files: tuple[Path, ...] = option(
         (), "Training JSONL files instead of the data directory's (repeatable).", multiple=True, panel=DATA
@@ -41,6 +43,13 @@ class DetectTrainConfig:
     dev_files: tuple[Path, ...] = option(
         (),
         "Dev JSONL files scored after each stage (default: the data directory's dev files).",
+        multiple=True,
+        panel=DATA,
+    )
+    transfer_files: tuple[Path, ...] = option(
+        (),
+        "Unlabelled JSONL files for the transfer set (repeatable; labels in them are ignored). Default: the data "
+        "directory's detect/track{1,2}-unlabelled.jsonl, unless --train-files is given.",
         multiple=True,
         panel=DATA,
     )
@@ -57,6 +66,12 @@ class DetectTrainConfig:
     pyramid: bool = option(
         True,
         "Distil rung by rung down the ladder; --no-pyramid distils the smallest directly from the largest.",
+        panel=PYRAMID,
+    )
+    transfer: bool = option(
+        True,
+        "The stages with frozen teachers (refinement; distillation with --offline) also learn the teachers' "
+        "answers on the unlabelled transfer set (KL terms only); --no-transfer uses the labelled items alone.",
         panel=PYRAMID,
     )
     kd_weight: float = option(1.0, "Weight of the T^2 KL term towards the rung above.", min=0.0, panel=PYRAMID)
@@ -152,6 +167,7 @@ class DetectTrainConfig:
             "--quantization",
             "quantizes frozen bases, so it needs --tuning lora (full fine-tuning cannot train 4/8-bit weights).",
         )
+        require(self.transfer or not self.transfer_files, "--transfer-files", "cannot be used with --no-transfer.")
         check_processes(self)
 
 

@@ -11,10 +11,17 @@ import torch.nn.functional as F
 
 
 def label_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of [B, 2] logits against [B] targets (1 = hallucinated); 0 for an empty batch."""
+    """Cross-entropy of [B, 2] logits against [B] targets, summed over the labelled rows and divided by B.
+
+    target: 1 = hallucinated, 0 = supported, -1 = no label (a transfer-set question: adds 0). Dividing
+    by all B rows keeps the loss a mean over questions, so a batch split into shares weighted by their
+    sizes sums to the whole batch's loss. 0 for an empty batch.
+    """
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target.long())
+    keep = target >= 0  # [B]
+    per_row = F.cross_entropy(logits.float(), target.clamp(min=0).long(), reduction="none")  # [B]
+    return (per_row * keep).sum() / logits.shape[0]
 
 
 def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -7,6 +7,10 @@ Stages (each switchable, see `plan`):
     refine   the smallest rung is refined by three coupled signals: labels, the largest rung and
              the rung above it (weights --refine-labels/--refine-large/--refine-medium), teachers frozen.
 
+The stages whose teachers are frozen (refine, and the kd stages with --offline) also go through the
+transfer set (unlabelled items, --transfer): there the label terms are absent and the student learns
+the teachers' answers alone.
+
 Run directory::
 
     RUN/config.json        {"command": "detect train", "config": {...}, "resolved": {"plan": [...]}}
@@ -32,7 +36,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,7 @@ class Stage:
     label_weight: float = 1.0
     online: bool = False  # the first teacher keeps training (mutual term)
     epochs: int = 1
+    transfer: bool = False  # the stage's epochs also cover the unlabelled transfer set (KL terms only)
 
 
 def plan(cfg: DetectTrainConfig) -> list[Stage]:
@@ -72,16 +77,22 @@ def plan(cfg: DetectTrainConfig) -> list[Stage]:
     if n == 1:
         return stages
     online = not cfg.offline
+    # The transfer set goes where the teachers are frozen: an online teacher would take a step on every
+    # transfer batch too, so more unlabelled items would mean more epochs of its own on the same labels.
+    transfer = cfg.transfer and not online
     if cfg.pyramid:
         for i in range(1, n):
-            stages.append(Stage(f"kd-{i}", i, ((i - 1, cfg.kd_weight),), cfg.ce_weight, online, cfg.epochs))
+            teacher = ((i - 1, cfg.kd_weight),)
+            stages.append(Stage(f"kd-{i}", i, teacher, cfg.ce_weight, online, cfg.epochs, transfer))
     else:
-        stages.append(Stage(f"kd-{n - 1}", n - 1, ((0, cfg.kd_weight),), cfg.ce_weight, online, cfg.epochs))
+        teacher = ((0, cfg.kd_weight),)
+        stages.append(Stage(f"kd-{n - 1}", n - 1, teacher, cfg.ce_weight, online, cfg.epochs, transfer))
     if cfg.refine:
         teachers = [(0, cfg.refine_large)]
         if cfg.pyramid and n >= 3:
             teachers.append((n - 2, cfg.refine_medium))
-        stages.append(Stage("refine", n - 1, tuple(teachers), cfg.refine_labels, False, cfg.refine_epochs))
+        refine = Stage("refine", n - 1, tuple(teachers), cfg.refine_labels, False, cfg.refine_epochs, cfg.transfer)
+        stages.append(refine)
     return stages
 
 
@@ -105,17 +116,32 @@ def data_files(data: Path, split: str, given: tuple[Path, ...], flag: str) -> li
     return found
 
 
-def load_items(files: list[Path]) -> list[Item]:
-    """Labelled items of several files, ids unique across them."""
+def load_items(files: list[Path], *, labelled: bool = True, taken: set[str] | None = None) -> list[Item]:
+    """Items of several files, ids unique across them (and not in `taken`).
+
+    labelled=False reads a transfer set: labels may be absent and are dropped where present.
+    """
     items: list[Item] = []
-    seen: set[str] = set()
+    seen: set[str] = set(taken or ())
+    flag = "--train-files" if labelled else "--transfer-files"
     for path in files:
-        for item in read_items(path, require_labels=True, flag="--train-files"):
+        for item in read_items(path, require_labels=labelled, flag=flag):
             if item.id in seen:
                 raise DataError(f"{path}: item id {item.id!r} also appears in an earlier file.")
             seen.add(item.id)
-            items.append(item)
+            items.append(item if labelled else replace(item, labels=None))
     return items
+
+
+def transfer_files(cfg: DetectTrainConfig) -> list[Path]:
+    """--transfer-files, or the data directory's unlabelled split when the training items come from it too."""
+    if not cfg.transfer:
+        return []
+    if cfg.transfer_files:
+        return list(cfg.transfer_files)
+    if cfg.train_files:
+        return []
+    return [f for t in (1, 2) if (f := Path(cfg.data) / "detect" / f"track{t}-unlabelled.jsonl").is_file()]
 
 
 def _check_shared_inputs(ladder: list[Any]) -> None:
@@ -342,6 +368,8 @@ def _train(cfg: DetectTrainConfig, reporter: Reporter, collective: Any) -> dict[
     dev_files = data_files(cfg.data, "dev", cfg.dev_files, "--dev-files")
     dev = load_items(dev_files) if dev_files else []
     stages = plan(cfg)
+    used = any(stage.transfer for stage in stages)
+    transfer = load_items(transfer_files(cfg), labelled=False, taken={item.id for item in items}) if used else []
     torch.manual_seed(cfg.seed)
     ladder = _load_ladder(cfg, collective)
     _check_shared_inputs(ladder)
@@ -350,6 +378,7 @@ def _train(cfg: DetectTrainConfig, reporter: Reporter, collective: Any) -> dict[
         if mode == "lora":
             _check_lora_targets(cfg, loaded)
     resolved = {
+        "transfer_items": len(transfer),
         "tuning": tuning,
         "lora_target_regex": [
             loaded.family.lora_target_regex(cfg.lora_targets or None) if mode == "lora" else None
@@ -366,15 +395,17 @@ def _train(cfg: DetectTrainConfig, reporter: Reporter, collective: Any) -> dict[
     ]
     modes = ", ".join(f"{name} {mode}" for name, mode in zip(cfg.models, tuning))
     where = f", {collective.world} processes" if collective.world > 1 else ""
+    unlabelled = f", {len(transfer)} unlabelled (transfer set)" if transfer else ""
     reporter.info(
-        f"detect train: {len(items)} items, {len(dev)} dev items, stages {', '.join(s.name for s in stages)} "
-        f"({modes}{where}) -> {out}"
+        f"detect train: {len(items)} items{unlabelled}, {len(dev)} dev items, stages "
+        f"{', '.join(s.name for s in stages)} ({modes}{where}) -> {out}"
     )
     dev_scores: dict[str, Any] = {k: v for k, v in state.get("dev", {}).items()}
     for stage in stages:
         if stage.name in state["completed"]:
             continue
-        trained = run_stage(cfg, stage, ladder, models, items, out, reporter, tuning=tuning, collective=collective)
+        seen = items + transfer if stage.transfer else items
+        trained = run_stage(cfg, stage, ladder, models, seen, out, reporter, tuning=tuning, collective=collective)
         if collective.world > 1:
             _check_replicas(collective, stage, models, tuning, trained)
         for i in trained:
@@ -404,6 +435,7 @@ def _train(cfg: DetectTrainConfig, reporter: Reporter, collective: Any) -> dict[
         "tuning": dict(zip(cfg.models, tuning)),
         "processes": collective.world,
         "train_items": len(items),
+        "transfer_items": len(transfer),
         "seconds": round(time.monotonic() - started, 1),
     }
     if collective.is_main:
@@ -433,7 +465,7 @@ def run_stage(
     tuning: list[str] | None = None,
     collective: Any = None,
 ) -> list[int]:
-    """Train one stage; returns the rung indices whose weights changed.
+    """Train one stage on `items` (unlabelled ones add only KL terms); returns the rung indices whose weights changed.
 
     Each process computes the loss on its contiguous share of every global batch, weighted by the
     share's size, so the summed gradients are those of the whole batch's mean loss.
@@ -534,7 +566,9 @@ def _batch_loss(
 
     loaded = ladder[stage.student]
     inputs = encode_batch(loaded, batch, images)
-    target = torch.tensor([q.target for q in batch], device=loaded.device)  # [B]
+    target = torch.tensor(
+        [-1 if q.target is None else q.target for q in batch], device=loaded.device
+    )  # [B], -1: unlabelled
     s_logits = answer_logits(loaded, models[stage.student], inputs, batch)  # [B, 2]
     teacher_logits = []
     for i, weight in stage.teachers:

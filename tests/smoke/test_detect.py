@@ -29,6 +29,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
             read_items(detect / f"track1-{split}.jsonl")[:n] + read_items(detect / f"track2-{split}.jsonl")[: n // 2]
         )
         write_items(detect / f"small-{split}.jsonl", items)
+    unlabelled = read_items(detect / "track1-unlabelled.jsonl")[:4] + read_items(detect / "track2-unlabelled.jsonl")[:2]
+    write_items(detect / "small-unlabelled.jsonl", unlabelled)
     return root
 
 
@@ -42,6 +44,7 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     summary = json.loads(out)
     assert list(summary["stages"]) == ["sft", "kd-1", "kd-2", "refine"]
     assert summary["detector"] == "stages/refine/rung-2" and summary["detector_model"] == "tiny-qwen2-vl-s"
+    assert summary["train_items"] == 12 and summary["transfer_items"] == 6
     assert (run / "stages" / "kd-1" / "rung-0" / "model.safetensors").is_file()  # online: the teacher was saved too
     assert not any((run / "checkpoints").glob("*/state.json"))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -84,6 +87,7 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
 
 def _train_args(detect: Path, run: Path) -> list[str]:
     args = ["detect", "train", "--models", RUNGS, "--train-files", str(detect / "small-train.jsonl")]
+    args += ["--transfer-files", str(detect / "small-unlabelled.jsonl")]
     args += [
         "--dev-files",
         str(detect / "small-dev.jsonl"),
@@ -110,6 +114,16 @@ def test_bad_input_is_one_line_with_exit_code_3(data: Path, tmp_path: Path, cli)
     assert code == 3 and "non-empty 'options'" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli(["detect", "train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     assert code == 3 and "seed prepare --synthetic --detect" in err
+    # A bad transfer-set file is refused before anything trains, and nothing is written.
+    out = tmp_path / "t"
+    code, _, err = cli([*_train_args(data / "detect", out)[:-3], "--transfer-files", str(bad), "--out", str(out)])
+    assert code == 3 and "non-empty 'options'" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    clash = tmp_path / "clash.jsonl"
+    write_items(clash, read_items(data / "detect" / "small-train.jsonl")[:1])
+    code, _, err = cli([*_train_args(data / "detect", out)[:-3], "--transfer-files", str(clash), "--out", str(out)])
+    assert code == 3 and "also appears" in err and not out.exists()
+    code, _, err = cli(["detect", "train", "--no-transfer", "--transfer-files", str(clash)])
+    assert code == 2 and "--transfer-files" in err
 
 
 def test_items_from_chair_captions(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001

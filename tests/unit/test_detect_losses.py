@@ -99,3 +99,19 @@ def test_calibration_gives_each_option_kind_its_own_threshold_and_scoring_uses_i
     assert records[1]["hallucinated"] == []
     # One threshold for everything (--threshold) overrides the kinds.
     assert flagged(items, probs, uniform(0.5))[0]["hallucinated"] == ["B", "C"]
+
+
+def test_unlabelled_rows_add_no_cross_entropy_but_keep_their_kl() -> None:
+    s = torch.tensor([[0.2, 0.9], [1.5, -0.5], [-0.3, 0.4]], requires_grad=True)
+    y = torch.tensor([1, -1, 0])  # the middle question is from the transfer set
+    labelled = torch.tensor([0, 2])
+    assert torch.isclose(losses.label_ce(s, y), losses.label_ce(s[labelled], y[labelled]) * 2 / 3)
+    # A batch split into shares, each weighted by its size, sums to the whole batch's loss.
+    shares = [(slice(0, 1), 1 / 3), (slice(1, 3), 2 / 3)]
+    assert torch.isclose(sum(w * losses.label_ce(s[part], y[part]) for part, w in shares), losses.label_ce(s, y))
+    losses.label_ce(s, y).backward()
+    assert s.grad is not None and s.grad[1].abs().sum().item() == 0.0 and s.grad[0].abs().sum().item() > 0.0
+    t = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]])
+    total, parts = losses.hybrid(s, torch.full((3,), -1), [(t, 1.0)], label_weight=1.0, temperature=2.0)
+    assert parts["ce"] == 0.0 and torch.isclose(total, losses.kd_kl(s, t, 2.0))
+

@@ -32,3 +32,9 @@ def test_switches() -> None:
 def test_refinement_weights_and_epochs() -> None:
     refine = plan(DetectTrainConfig(refine_labels=0.2, refine_large=0.3, refine_medium=0.5, refine_epochs=3))[-1]
     assert refine.label_weight == 0.2 and refine.teachers == ((0, 0.3), (1, 0.5)) and refine.epochs == 3
+
+
+def test_transfer_set_goes_only_where_the_teachers_are_frozen() -> None:
+    assert [s.transfer for s in plan(DetectTrainConfig())] == [False, False, False, True]
+    assert [s.transfer for s in plan(DetectTrainConfig(offline=True))] == [False, True, True, True]
+    assert not any(s.transfer for s in plan(DetectTrainConfig(transfer=False, offline=True)))
