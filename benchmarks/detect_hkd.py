@@ -1,13 +1,13 @@
 """HKD4VLM on the synthetic world: the pyramid's student against direct fine-tuning, and the ablations.
 
 For every seed: `seed prepare --synthetic --detect --seed S`, then `seed detect train` for
-    hkd         the full method (online pyramid L -> M -> S, ternary refinement, augmentation, the
-                transfer set in the stages with frozen teachers)
-    offline     --offline (frozen teachers; the transfer set in every distillation stage)
+    hkd         the full method (online pyramid L -> M -> S, ternary refinement, augmentation)
+    offline     --offline (frozen teachers)
     no-pyramid  --no-pyramid (S distilled from L directly; refinement with labels + L)
     no-augment  --no-augment
-    no-transfer --no-transfer (every stage sees the labelled items only)
+    transfer    --transfer (the unlabelled split in the stages with frozen teachers: here the refinement)
     offline-no-pyramid  --offline --no-pyramid (S learns from the frozen, fine-tuned L alone)
+    offline-no-pyramid-transfer  the same with --transfer (in its kd stage and the refinement)
     direct-S    --models S alone, trained for as many epochs as the HKD student (kd + refinement)
 and `seed detect evaluate` on the test split with --shifts K, plus the hkd run at --shifts 1. Two rows
 come from stages of the hkd run: direct-L (its SFT stage: the largest rung fine-tuned directly) and
@@ -38,8 +38,9 @@ VARIANTS = {
     "offline": ["--offline"],
     "no-pyramid": ["--no-pyramid"],
     "no-augment": ["--no-augment"],
-    "no-transfer": ["--no-transfer"],
+    "transfer": ["--transfer"],
     "offline-no-pyramid": ["--offline", "--no-pyramid"],
+    "offline-no-pyramid-transfer": ["--offline", "--no-pyramid", "--transfer"],
 }
 ROWS = (
     ("hkd", "HKD student (S), K shifts"),
@@ -50,8 +51,9 @@ ROWS = (
     ("no-pyramid", "ablation: no pyramid (L -> S)"),
     ("no-refine", "ablation: no refinement"),
     ("no-augment", "ablation: no augmentation"),
-    ("no-transfer", "ablation: no transfer set"),
-    ("offline-no-pyramid", "ablation: offline, no pyramid (frozen L -> S)"),
+    ("transfer", "with the transfer set"),
+    ("offline-no-pyramid", "offline, no pyramid (frozen L -> S)"),
+    ("offline-no-pyramid-transfer", "offline, no pyramid, with the transfer set"),
 )
 
 

@@ -48,8 +48,8 @@ class DetectTrainConfig:
     )
     transfer_files: tuple[Path, ...] = option(
         (),
-        "Unlabelled JSONL files for the transfer set (repeatable; labels in them are ignored). Default: the data "
-        "directory's detect/track{1,2}-unlabelled.jsonl, unless --train-files is given.",
+        "Unlabelled JSONL files for the transfer set (labels in them are ignored; implies --transfer). "
+        "With --transfer alone: the data directory's detect/track{1,2}-unlabelled.jsonl.",
         multiple=True,
         panel=DATA,
     )
@@ -69,9 +69,10 @@ class DetectTrainConfig:
         panel=PYRAMID,
     )
     transfer: bool = option(
-        True,
+        False,
         "The stages with frozen teachers (refinement; distillation with --offline) also learn the teachers' "
-        "answers on the unlabelled transfer set (KL terms only); --no-transfer uses the labelled items alone.",
+        "answers on an unlabelled transfer set (KL terms only). Helped --offline --no-pyramid, hurt the default "
+        "ladder on the synthetic world (docs/detect.md).",
         panel=PYRAMID,
     )
     kd_weight: float = option(1.0, "Weight of the T^2 KL term towards the rung above.", min=0.0, panel=PYRAMID)
@@ -167,7 +168,6 @@ class DetectTrainConfig:
             "--quantization",
             "quantizes frozen bases, so it needs --tuning lora (full fine-tuning cannot train 4/8-bit weights).",
         )
-        require(self.transfer or not self.transfer_files, "--transfer-files", "cannot be used with --no-transfer.")
         check_processes(self)
 
 

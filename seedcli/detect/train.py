@@ -7,9 +7,9 @@ Stages (each switchable, see `plan`):
     refine   the smallest rung is refined by three coupled signals: labels, the largest rung and
              the rung above it (weights --refine-labels/--refine-large/--refine-medium), teachers frozen.
 
-The stages whose teachers are frozen (refine, and the kd stages with --offline) also go through the
-transfer set (unlabelled items, --transfer): there the label terms are absent and the student learns
-the teachers' answers alone.
+With --transfer (or --transfer-files), the stages whose teachers are frozen (refine, and the kd stages
+with --offline) also go through the transfer set (unlabelled items): there the label terms are absent
+and the student learns the teachers' answers alone.
 
 Run directory::
 
@@ -79,7 +79,7 @@ def plan(cfg: DetectTrainConfig) -> list[Stage]:
     online = not cfg.offline
     # The transfer set goes where the teachers are frozen: an online teacher would take a step on every
     # transfer batch too, so more unlabelled items would mean more epochs of its own on the same labels.
-    transfer = cfg.transfer and not online
+    transfer = uses_transfer(cfg) and not online
     if cfg.pyramid:
         for i in range(1, n):
             teacher = ((i - 1, cfg.kd_weight),)
@@ -91,7 +91,9 @@ def plan(cfg: DetectTrainConfig) -> list[Stage]:
         teachers = [(0, cfg.refine_large)]
         if cfg.pyramid and n >= 3:
             teachers.append((n - 2, cfg.refine_medium))
-        refine = Stage("refine", n - 1, tuple(teachers), cfg.refine_labels, False, cfg.refine_epochs, cfg.transfer)
+        refine = Stage(
+            "refine", n - 1, tuple(teachers), cfg.refine_labels, False, cfg.refine_epochs, uses_transfer(cfg)
+        )
         stages.append(refine)
     return stages
 
@@ -133,13 +135,17 @@ def load_items(files: list[Path], *, labelled: bool = True, taken: set[str] | No
     return items
 
 
+def uses_transfer(cfg: DetectTrainConfig) -> bool:
+    """--transfer, or transfer files given."""
+    return cfg.transfer or bool(cfg.transfer_files)
+
+
 def transfer_files(cfg: DetectTrainConfig) -> list[Path]:
-    """--transfer-files, or the data directory's unlabelled split when the training items come from it too."""
-    if not cfg.transfer:
-        return []
+    """--transfer-files, else with --transfer the data directory's unlabelled split (when the training items come
+    from that directory too)."""
     if cfg.transfer_files:
         return list(cfg.transfer_files)
-    if cfg.train_files:
+    if not cfg.transfer or cfg.train_files:
         return []
     return [f for t in (1, 2) if (f := Path(cfg.data) / "detect" / f"track{t}-unlabelled.jsonl").is_file()]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from seedcli.config.detect import DetectTrainConfig
 from seedcli.detect.train import plan
 
@@ -35,6 +37,8 @@ def test_refinement_weights_and_epochs() -> None:
 
 
 def test_transfer_set_goes_only_where_the_teachers_are_frozen() -> None:
-    assert [s.transfer for s in plan(DetectTrainConfig())] == [False, False, False, True]
-    assert [s.transfer for s in plan(DetectTrainConfig(offline=True))] == [False, True, True, True]
-    assert not any(s.transfer for s in plan(DetectTrainConfig(transfer=False, offline=True)))
+    assert not any(s.transfer for s in plan(DetectTrainConfig(offline=True)))  # off by default
+    assert [s.transfer for s in plan(DetectTrainConfig(transfer=True))] == [False, False, False, True]
+    assert [s.transfer for s in plan(DetectTrainConfig(transfer=True, offline=True))] == [False, True, True, True]
+    given = DetectTrainConfig(transfer_files=(Path("u.jsonl"),), offline=True)
+    assert [s.transfer for s in plan(given)] == [False, True, True, True]

@@ -11,7 +11,7 @@ from seedcli.config.detect import DetectTrainConfig
 from seedcli.detect import world
 from seedcli.detect.items import read_items
 from seedcli.detect.train import load_items, transfer_files
-from seedcli.errors import ConfigError, DataError
+from seedcli.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +34,15 @@ def test_unlabelled_split_has_no_labels_and_leaves_the_labelled_splits_unchanged
         assert (bare / f"{name}.jsonl").read_text() == (detect / f"{name}.jsonl").read_text()
 
 
-def test_transfer_files_come_from_the_data_directory_only_with_its_training_items(detect: Path) -> None:
+def test_transfer_files_are_opt_in_and_come_from_the_data_directory_only_with_its_training_items(detect: Path) -> None:
     data = detect.parent
     found = [detect / "track1-unlabelled.jsonl", detect / "track2-unlabelled.jsonl"]
-    assert transfer_files(DetectTrainConfig(data=data)) == found
-    assert transfer_files(DetectTrainConfig(data=data, transfer=False)) == []
-    assert transfer_files(DetectTrainConfig(data=data, train_files=(detect / "track1-train.jsonl",))) == []
+    assert transfer_files(DetectTrainConfig(data=data)) == []  # off by default
+    assert transfer_files(DetectTrainConfig(data=data, transfer=True)) == found
+    train = (detect / "track1-train.jsonl",)
+    assert transfer_files(DetectTrainConfig(data=data, transfer=True, train_files=train)) == []
     given = (detect / "track2-unlabelled.jsonl",)
-    assert transfer_files(DetectTrainConfig(data=data, train_files=given, transfer_files=given)) == list(given)
-    with pytest.raises(ConfigError, match="--transfer-files"):
-        DetectTrainConfig(transfer=False, transfer_files=given)
+    assert transfer_files(DetectTrainConfig(data=data, train_files=train, transfer_files=given)) == list(given)
 
 
 def test_transfer_items_drop_labels_and_may_not_reuse_training_ids(detect: Path) -> None:
