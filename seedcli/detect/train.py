@@ -141,13 +141,21 @@ def uses_transfer(cfg: DetectTrainConfig) -> bool:
 
 
 def transfer_files(cfg: DetectTrainConfig) -> list[Path]:
-    """--transfer-files, else with --transfer the data directory's unlabelled split (when the training items come
+    """--transfer-files, else with --transfer the data directory's unlabelled split (the training items must come
     from that directory too)."""
     if cfg.transfer_files:
         return list(cfg.transfer_files)
-    if not cfg.transfer or cfg.train_files:
+    if not cfg.transfer:
         return []
-    return [f for t in (1, 2) if (f := Path(cfg.data) / "detect" / f"track{t}-unlabelled.jsonl").is_file()]
+    if cfg.train_files:
+        raise ConfigError("--transfer: with --train-files, name the unlabelled items with --transfer-files.")
+    found = [f for t in (1, 2) if (f := Path(cfg.data) / "detect" / f"track{t}-unlabelled.jsonl").is_file()]
+    if not found:
+        raise DataError(
+            f"--transfer: {Path(cfg.data) / 'detect'} has no track1-unlabelled.jsonl or track2-unlabelled.jsonl; "
+            "run `seed prepare --synthetic --detect` again or pass --transfer-files."
+        )
+    return found
 
 
 def _check_shared_inputs(ladder: list[Any]) -> None:
@@ -375,6 +383,11 @@ def _train(cfg: DetectTrainConfig, reporter: Reporter, collective: Any) -> dict[
     dev = load_items(dev_files) if dev_files else []
     stages = plan(cfg)
     used = any(stage.transfer for stage in stages)
+    if uses_transfer(cfg) and not used:
+        raise ConfigError(
+            "--transfer: no stage of this run uses a transfer set (it feeds the refinement and --offline "
+            "distillation stages of a ladder of two or more rungs)."
+        )
     transfer = load_items(transfer_files(cfg), labelled=False, taken={item.id for item in items}) if used else []
     torch.manual_seed(cfg.seed)
     ladder = _load_ladder(cfg, collective)

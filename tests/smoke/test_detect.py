@@ -122,6 +122,8 @@ def test_bad_input_is_one_line_with_exit_code_3(data: Path, tmp_path: Path, cli)
     write_items(clash, read_items(data / "detect" / "small-train.jsonl")[:1])
     code, _, err = cli([*_train_args(data / "detect", out)[:-3], "--transfer-files", str(clash), "--out", str(out)])
     assert code == 3 and "also appears" in err and not out.exists()
+    code, _, err = cli([*_train_args(data / "detect", out)[:-3], "--models", RUNGS.split(",")[-1], "--out", str(out)])
+    assert code == 2 and "no stage of this run uses a transfer set" in err and not out.exists()
 
 
 def test_items_from_chair_captions(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001

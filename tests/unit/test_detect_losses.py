@@ -114,4 +114,3 @@ def test_unlabelled_rows_add_no_cross_entropy_but_keep_their_kl() -> None:
     t = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]])
     total, parts = losses.hybrid(s, torch.full((3,), -1), [(t, 1.0)], label_weight=1.0, temperature=2.0)
     assert parts["ce"] == 0.0 and torch.isclose(total, losses.kd_kl(s, t, 2.0))
-

@@ -11,7 +11,7 @@ from seedcli.config.detect import DetectTrainConfig
 from seedcli.detect import world
 from seedcli.detect.items import read_items
 from seedcli.detect.train import load_items, transfer_files
-from seedcli.errors import DataError
+from seedcli.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,12 @@ def test_transfer_files_are_opt_in_and_come_from_the_data_directory_only_with_it
     assert transfer_files(DetectTrainConfig(data=data)) == []  # off by default
     assert transfer_files(DetectTrainConfig(data=data, transfer=True)) == found
     train = (detect / "track1-train.jsonl",)
-    assert transfer_files(DetectTrainConfig(data=data, transfer=True, train_files=train)) == []
     given = (detect / "track2-unlabelled.jsonl",)
     assert transfer_files(DetectTrainConfig(data=data, train_files=train, transfer_files=given)) == list(given)
+    with pytest.raises(ConfigError, match="--transfer-files"):
+        transfer_files(DetectTrainConfig(data=data, transfer=True, train_files=train))
+    with pytest.raises(DataError, match="seed prepare --synthetic --detect"):
+        transfer_files(DetectTrainConfig(data=data / "elsewhere", transfer=True))
 
 
 def test_transfer_items_drop_labels_and_may_not_reuse_training_ids(detect: Path) -> None:
