@@ -39,7 +39,7 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["counts"]["track1_train"] > 0 and "detect/track1-train.jsonl" in manifest["files"]
     run = tmp_path / "run"
-    code, out, err = cli(_train_args(detect, run))
+    code, out, err = cli(_train_args(detect, run, transfer=True))
     assert code == 0, err
     summary = json.loads(out)
     assert list(summary["stages"]) == ["sft", "kd-1", "kd-2", "refine"]
@@ -78,16 +78,17 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
 
     # Resuming a finished run retrains nothing; different settings are refused.
     before = (run / "stages" / "refine" / "rung-2" / "model.safetensors").read_bytes()
-    code, out, err = cli([*_train_args(detect, run), "--resume"])
+    code, out, err = cli([*_train_args(detect, run, transfer=True), "--resume"])
     assert code == 0, err
     assert (run / "stages" / "refine" / "rung-2" / "model.safetensors").read_bytes() == before
-    code, _, err = cli([*_train_args(detect, run), "--resume", "--offline"])
+    code, _, err = cli([*_train_args(detect, run, transfer=True), "--resume", "--offline"])
     assert code == 2 and "offline" in err
 
 
-def _train_args(detect: Path, run: Path) -> list[str]:
+def _train_args(detect: Path, run: Path, *, transfer: bool = False) -> list[str]:
     args = ["detect", "train", "--models", RUNGS, "--train-files", str(detect / "small-train.jsonl")]
-    args += ["--transfer-files", str(detect / "small-unlabelled.jsonl")]
+    if transfer:  # the refinement also goes through six unlabelled items
+        args += ["--transfer-files", str(detect / "small-unlabelled.jsonl")]
     args += [
         "--dev-files",
         str(detect / "small-dev.jsonl"),
@@ -122,7 +123,8 @@ def test_bad_input_is_one_line_with_exit_code_3(data: Path, tmp_path: Path, cli)
     write_items(clash, read_items(data / "detect" / "small-train.jsonl")[:1])
     code, _, err = cli([*_train_args(data / "detect", out)[:-3], "--transfer-files", str(clash), "--out", str(out)])
     assert code == 3 and "also appears" in err and not out.exists()
-    code, _, err = cli([*_train_args(data / "detect", out)[:-3], "--models", RUNGS.split(",")[-1], "--out", str(out)])
+    one_rung = [*_train_args(data / "detect", out, transfer=True)[:-3], "--models", RUNGS.split(",")[-1]]
+    code, _, err = cli([*one_rung, "--out", str(out)])
     assert code == 2 and "no stage of this run uses a transfer set" in err and not out.exists()
 
 
