@@ -585,9 +585,8 @@ def _batch_loss(
 
     loaded = ladder[stage.student]
     inputs = encode_batch(loaded, batch, images)
-    target = torch.tensor(
-        [-1 if q.target is None else q.target for q in batch], device=loaded.device
-    )  # [B], -1: unlabelled
+    labels = [-1 if q.target is None else q.target for q in batch]  # -1: a transfer-set question
+    target = torch.tensor(labels, device=loaded.device)  # [B]
     s_logits = answer_logits(loaded, models[stage.student], inputs, batch)  # [B, 2]
     teacher_logits = []
     for i, weight in stage.teachers:

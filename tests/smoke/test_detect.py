@@ -116,6 +116,7 @@ def test_bad_input_is_one_line_with_exit_code_3(data: Path, tmp_path: Path, cli)
     code, _, err = cli(["detect", "train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
     assert code == 3 and "seed prepare --synthetic --detect" in err
     # A bad transfer-set file is refused before anything trains, and nothing is written.
+    # (_train_args(...)[:-3] drops its trailing "--out RUN --json".)
     out = tmp_path / "t"
     code, _, err = cli([*_train_args(data / "detect", out)[:-3], "--transfer-files", str(bad), "--out", str(out)])
     assert code == 3 and "non-empty 'options'" in err and len(err.strip().splitlines()) == 1 and not out.exists()
