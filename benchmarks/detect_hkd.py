@@ -110,39 +110,8 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
     single = pool.submit(seed_cli, *base, "--model", specs["hkd"], "--shifts", "1", "--out", str(root / "eval-k1"))
     results = {name: entry for name, entry in zip(specs, json.loads(shifted.result())["models"])}
     results["hkd-k1"] = json.loads(single.result())["models"][0]
-    gold = option_labels(data / "detect" / "track1-test.jsonl")
-    for index, name in enumerate(specs):
-        results[name]["auc"] = ranking_auc(gold, root / "eval" / f"predictions-{index}.jsonl")
-    results["hkd-k1"]["auc"] = ranking_auc(gold, root / "eval-k1" / "predictions-0.jsonl")
     (root / "summary.json").write_text(json.dumps(results, indent=2))
     return results
-
-
-def option_labels(path: Path) -> dict[tuple[str, str], tuple[str, bool]]:
-    """(item id, option id) -> (kind, hallucinated) of a labelled Track 1 file."""
-    out = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        for option in row["options"]:
-            out[(row["id"], option["id"])] = (option["kind"], option["id"] in row["labels"])
-    return out
-
-
-def ranking_auc(gold: dict[tuple[str, str], tuple[str, bool]], predictions: Path) -> dict[str, float]:
-    """Per option kind: P(a hallucinated option scores above a supported one), ties half (threshold-free)."""
-    scored: dict[str, list[tuple[float, bool]]] = {}
-    for line in predictions.read_text().splitlines():
-        row = json.loads(line)
-        for option in row.get("options", []):
-            kind, hallucinated = gold[(row["id"], option["id"])]
-            scored.setdefault(kind, []).append((option["p_hallucinated"], hallucinated))
-    out = {}
-    for kind, pairs in sorted(scored.items()):
-        pos = sorted(p for p, bad in pairs if bad)
-        neg = sorted(p for p, bad in pairs if not bad)
-        wins = sum(sum(1.0 if p > n else 0.5 if p == n else 0.0 for n in neg) for p in pos)
-        out[kind] = round(100 * wins / max(1, len(pos) * len(neg)), 1)
-    return out
 
 
 def build_ladder(names: list[str]) -> None:
@@ -160,7 +129,7 @@ def headline(entry: dict) -> dict[str, float]:
     t1, t2 = entry["track1"], entry["track2"]
     out = {"T1 F1": t1["options"]["f1"], "T1 macro": t1["macro_f1"]}
     out |= {k: t1["kinds"][k]["f1"] for k in ("object", "attribute", "relation")}
-    out |= {f"AUC {k[:3]}": entry["auc"][k] for k in ("object", "attribute", "relation")}
+    out |= {f"AUC {k[:3]}": round(t1["kinds"][k]["auc"], 1) for k in ("object", "attribute", "relation")}
     return out | {"T2 acc": t2["accuracy"], "T2 F1": t2["f1"]}
 
 

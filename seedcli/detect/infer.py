@@ -125,11 +125,18 @@ def flagged(items: list[Item], probs: list[list[float]], thresholds: dict[str, f
 def score(
     items: list[Item], probs: list[list[float]], thresholds: dict[str, float]
 ) -> tuple[dict[str, Any], list[bool]]:
-    """Track 1 and Track 2 metrics of labelled items, and the per-question correctness vector (for McNemar)."""
+    """Track 1 and Track 2 metrics of labelled items, and the per-question correctness vector (for McNemar).
+
+    Besides the thresholded metrics, every option kind, all options and the claims get the ranking AUC of
+    P(hallucinated) (`auc`, in %, None where one class is absent): what the scores rank, whatever the
+    thresholds; `macro_auc` is its mean over the option kinds that have one.
+    """
     from seedcli.detect import metrics
 
     t1: list[tuple[str, bool, bool]] = []
+    t1_scores: list[tuple[str, float, bool]] = []
     t2: list[tuple[bool, bool]] = []
+    t2_scores: list[tuple[float, bool]] = []
     correct: list[bool] = []
     for item, row in zip(items, probs):
         if item.track == 1:
@@ -137,13 +144,21 @@ def score(
             for option, p in zip(item.options, row):
                 flag = p > threshold_for(thresholds, 1, option.kind)
                 t1.append((option.kind, gold[option.id], flag))
+                t1_scores.append((option.kind, p, gold[option.id]))
                 correct.append(gold[option.id] == flag)
         else:
             t2.append((not item.factual(), row[0] > threshold_for(thresholds, 2)))
+            t2_scores.append((row[0], not item.factual()))
             correct.append(t2[-1][0] == t2[-1][1])
     result: dict[str, Any] = {}
     if t1:
         result["track1"] = metrics.track1(t1)
+        for kind, entry in result["track1"]["kinds"].items():
+            entry["auc"] = metrics.ranking_auc((p, g) for k, p, g in t1_scores if k == kind)
+        result["track1"]["options"]["auc"] = metrics.ranking_auc((p, g) for _, p, g in t1_scores)
+        kind_aucs = [e["auc"] for e in result["track1"]["kinds"].values() if e["auc"] is not None]
+        result["track1"]["macro_auc"] = sum(kind_aucs) / len(kind_aucs) if kind_aucs else None
     if t2:
         result["track2"] = metrics.track2(t2)
+        result["track2"]["auc"] = metrics.ranking_auc(t2_scores)
     return result, correct

@@ -22,6 +22,29 @@ def prf(pairs: Iterable[tuple[bool, bool]]) -> dict[str, float | int]:
     return {"precision": precision, "recall": recall, "f1": f1, "positives": tp + fn, "n": n}
 
 
+def ranking_auc(scored: Iterable[tuple[float, bool]]) -> float | None:
+    """Ranking AUC in % of (score, gold) pairs: P(a positive scores above a negative), ties counting half.
+
+    Threshold-free (the Mann-Whitney statistic from average ranks); None when either class is absent.
+    """
+    pairs = sorted(scored, key=lambda pair: pair[0])
+    positives = sum(1 for _, gold in pairs if gold)
+    negatives = len(pairs) - positives
+    if not positives or not negatives:
+        return None
+    rank_sum = 0.0  # sum of the positives' ranks (1-based), tied scores sharing their average rank
+    start = 0
+    while start < len(pairs):
+        end = start
+        while end < len(pairs) and pairs[end][0] == pairs[start][0]:
+            end += 1
+        average_rank = (start + 1 + end) / 2
+        rank_sum += average_rank * sum(1 for _, gold in pairs[start:end] if gold)
+        start = end
+    wins = rank_sum - positives * (positives + 1) / 2
+    return 100.0 * wins / (positives * negatives)
+
+
 def track1(records: list[tuple[str, bool, bool]]) -> dict[str, Any]:
     """Option-level metrics from (kind, gold, predicted): per kind, macro F1 over the kinds present, and all options."""
     kinds = {kind: prf((g, p) for k, g, p in records if k == kind) for kind in OPTION_KINDS}

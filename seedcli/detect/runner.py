@@ -161,9 +161,14 @@ def evaluate(cfg: DetectEvaluateConfig, reporter: Reporter) -> dict[str, Any]:
     return results
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """Columns and one row per model for the side-by-side table."""
-    columns = ["model", "T1 F1", "T1 macro", "object", "attribute", "relation", "T2 acc", "T2 F1", "p vs first"]
+    columns = ["model", "T1 F1", "T1 macro", "object", "attribute", "relation", "T1 AUC"]
+    columns += ["T2 acc", "T2 F1", "T2 AUC", "p vs first"]
     rows = []
     for entry in results["models"]:
         t1, t2 = entry.get("track1"), entry.get("track2")
@@ -174,9 +179,10 @@ def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                 f"{t1['kinds'][k]['f1']:.1f}" if t1["kinds"][k]["n"] else "-"
                 for k in ("object", "attribute", "relation")
             ]
+            row.append(_percent(t1.get("macro_auc")))
         else:
-            row += ["-"] * 5
-        row += [f"{t2['accuracy']:.1f}", f"{t2['f1']:.1f}"] if t2 else ["-", "-"]
+            row += ["-"] * 6
+        row += [f"{t2['accuracy']:.1f}", f"{t2['f1']:.1f}", _percent(t2.get("auc"))] if t2 else ["-"] * 3
         row.append(f"{entry['vs_reference']['p_value']:.3g}" if "vs_reference" in entry else "")
         rows.append(row)
     return columns, rows

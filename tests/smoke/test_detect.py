@@ -73,6 +73,9 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     assert [m["label"] for m in results["models"]] == ["run", "run@sft"]
     reference, other = results["models"]
     assert set(reference["track1"]["kinds"]) == {"object", "attribute", "relation"} and "track2" in reference
+    aucs = [reference["track1"]["options"]["auc"], reference["track1"]["macro_auc"], reference["track2"]["auc"]]
+    aucs += [kind["auc"] for kind in reference["track1"]["kinds"].values()]
+    assert all(a is None or 0.0 <= a <= 100.0 for a in aucs) and reference["track1"]["options"]["auc"] is not None
     assert other["vs_reference"]["n"] == sum(len(i.options) or 1 for i in items)
     assert (results_dir / "results.json").is_file() and (results_dir / "predictions-1.jsonl").is_file()
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from seedcli.detect import losses
-from seedcli.detect.metrics import prf, track1
+from seedcli.detect.metrics import prf, ranking_auc, track1
 
 
 def test_kd_is_zero_for_identical_distributions_and_matches_the_closed_form() -> None:
@@ -57,6 +57,20 @@ def test_metrics() -> None:
     assert math.isclose(result["options"]["f1"], 2 * 100 * 50 / 150)
 
 
+def test_ranking_auc_counts_ordered_pairs_with_ties_as_half() -> None:
+    assert ranking_auc([(0.9, True), (0.1, False), (0.2, False)]) == 100.0
+    assert ranking_auc([(0.1, True), (0.9, False)]) == 0.0
+    assert ranking_auc([(0.5, True), (0.5, False)]) == 50.0
+    assert ranking_auc([(0.3, True), (0.2, False), (0.7, False)]) == 50.0  # 1 of the 2 pairs ordered right
+    # A brute-force count over every (positive, negative) pair agrees on tied and untied scores alike.
+    scored = [(0.2, True), (0.2, False), (0.4, True), (0.1, False), (0.4, False), (0.9, True), (0.4, True)]
+    pos = [p for p, g in scored if g]
+    neg = [p for p, g in scored if not g]
+    brute = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+    assert math.isclose(ranking_auc(scored), 100 * brute)
+    assert ranking_auc([(0.4, True), (0.6, True)]) is None and ranking_auc([]) is None  # one class only
+
+
 def test_best_threshold_maximises_f1_and_prefers_one_half_on_ties() -> None:
     from seedcli.detect.infer import best_threshold
 
@@ -91,6 +105,12 @@ def test_calibration_gives_each_option_kind_its_own_threshold_and_scoring_uses_i
     assert 0.1 <= thresholds["object"] < 0.3 and 0.6 <= thresholds["attribute"] < 0.8
     assert "relation" not in thresholds  # no positive: the Track 1 threshold applies
     scores, correct = score(items, probs, thresholds)
+    kinds = scores["track1"]["kinds"]
+    assert kinds["object"]["auc"] == 100.0 and kinds["attribute"]["auc"] == 100.0
+    assert kinds["relation"]["auc"] is None  # no hallucinated relation: no ranking to score
+    assert scores["track1"]["macro_auc"] == 100.0  # the mean over the kinds that have an AUC
+    assert scores["track1"]["options"]["auc"] == 75.0  # pooled: 6 of 8 pairs, 0.3 below 0.55 and 0.6
+    assert scores["track2"]["auc"] is None  # one claim, one class
     assert scores["track1"]["kinds"]["object"]["f1"] == 100.0 and scores["track1"]["kinds"]["attribute"]["f1"] == 100.0
     relation_flag = 0.55 > thresholds["track1"]
     assert correct[:3] == [True, True, not relation_flag] and correct[-1] is True
@@ -114,3 +134,18 @@ def test_unlabelled_rows_add_no_cross_entropy_but_keep_their_kl() -> None:
     t = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]])
     total, parts = losses.hybrid(s, torch.full((3,), -1), [(t, 1.0)], label_weight=1.0, temperature=2.0)
     assert parts["ce"] == 0.0 and torch.isclose(total, losses.kd_kl(s, t, 2.0))
+
+
+def test_the_evaluate_table_shows_threshold_free_auc_and_a_dash_where_there_is_none() -> None:
+    from seedcli.detect.runner import summary_rows
+
+    kinds = {k: {"f1": 50.0, "n": 4, "auc": 75.0} for k in ("object", "attribute")}
+    kinds["relation"] = {"f1": 0.0, "n": 0, "auc": None}
+    entry = {
+        "label": "run",
+        "track1": {"options": {"f1": 60.0, "auc": 70.0}, "macro_f1": 50.0, "macro_auc": 75.0, "kinds": kinds},
+        "track2": {"accuracy": 80.0, "f1": 66.7, "auc": None},
+    }
+    columns, rows = summary_rows({"models": [entry]})
+    row = dict(zip(columns, rows[0]))
+    assert row["T1 AUC"] == "75.0" and row["T2 AUC"] == "-" and row["relation"] == "-" and row["T2 acc"] == "80.0"
