@@ -24,8 +24,9 @@ TRAIN_HELP = (
 )
 RUN_HELP = "Flag the hallucinated options (or non-factual claims) of a JSONL file with a trained detector; JSONL out."
 EVALUATE_HELP = (
-    "Option-level precision/recall/F1 per kind and macro (Track 1), accuracy and F1 (Track 2) of one or more "
-    "detectors on the same items, with exact McNemar p-values against the first."
+    "Option-level precision/recall/F1 per kind and macro (Track 1), accuracy and F1 (Track 2), and the "
+    "threshold-free ranking AUC of both, of one or more detectors on the same items, with exact McNemar p-values "
+    "against the first."
 )
 IMPORT_HELP = "Validate an external detection file and copy it with its images into a data directory."
 
