@@ -340,6 +340,78 @@ def build(
     return stats
 
 
+@dataclass(frozen=True)
+class Growth:
+    """A rung grown from a world-pretrained smaller one (`grow`), then world-pretrained again with `RECIPE`."""
+
+    source: str  # the world-pretrained rung it starts from
+    text_intermediate: int  # MLP width of the language model's layers
+    vision_mlp_ratio: int  # MLP width of the vision blocks, in multiples of their embedding width
+    seed: int = 0  # initialisation of the new units' input weights
+
+
+def grow(small: Any, growth: Growth) -> Any:
+    """A copy of the Qwen2-VL `small` with wider MLPs that computes exactly what `small` computes.
+
+    Old weights are copied; a new unit's input weights keep the fresh initialisation (seeded by the caller)
+    and its output weights are zero, so it adds nothing until training moves them.
+    """
+    import copy
+
+    from transformers import Qwen2VLForConditionalGeneration
+
+    config = copy.deepcopy(small.config)
+    config.text_config.intermediate_size = growth.text_intermediate
+    config.vision_config.mlp_ratio = growth.vision_mlp_ratio
+    big = Qwen2VLForConditionalGeneration(config)
+    old = small.state_dict()
+    state = {}
+    for name, fresh in big.state_dict().items():
+        weight = old[name]
+        if weight.shape == fresh.shape:
+            state[name] = weight.clone()
+            continue
+        grown = fresh.clone()
+        if name.endswith(("down_proj.weight", "fc2.weight")):  # [out, units]: the new units' columns are zero
+            grown.zero_()
+            grown[:, : weight.shape[1]] = weight
+        else:  # gate/up/fc1 [units, in] and fc1's bias [units]: the new units' rows keep their initialisation
+            grown[: weight.shape[0]] = weight
+        state[name] = grown
+    big.load_state_dict(state)
+    return big.eval()
+
+
+def build_grown(
+    growth: Growth, out: Path, recipe: PretrainRecipe | None = None, reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """Grow `growth.source` (built first if absent) into a wider rung, pretrain it on the world, save it to `out`."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from seedcli.models.loading import load
+    from seedcli.models.tiny import ensure_tiny
+
+    source = ensure_tiny(growth.source)
+    torch.manual_seed(growth.seed)
+    small = Qwen2VLForConditionalGeneration.from_pretrained(str(source))
+    # Saved and loaded back like any rung, so the grown model trains under the loader's settings.
+    with tempfile.TemporaryDirectory(prefix=".grown-", dir=Path(out).parent) as tmp:
+        grow(small, growth).save_pretrained(tmp)
+        for path in source.iterdir():
+            if path.name not in {"config.json", "model.safetensors", "generation_config.json", META_FILE}:
+                shutil.copy(path, Path(tmp) / path.name)  # tokenizer and processor files
+        loaded = load(tmp, dtype="fp32", device="cpu")
+    stats = {"base": growth.source, "growth": asdict(growth), **pretrain(loaded, recipe or RECIPE, reporter)}
+    loaded.model.save_pretrained(str(out))
+    loaded.processor.save_pretrained(str(out))
+    (Path(out) / META_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    return stats
+
+
 def accuracy(
     loaded: Any, model: Any, scenes: int, seed: int, batch_size: int = 64, context_share: float = 0.0
 ) -> dict[str, float]:

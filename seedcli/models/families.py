@@ -83,6 +83,7 @@ TINY_MODELS = (
     "tiny-qwen2-vl-s-world",  # the same rungs after world pretraining (seedcli.detect.pretrain)
     "tiny-qwen2-vl-m-world",
     "tiny-qwen2-vl-l-world",
+    "tiny-qwen2-vl-m-grown-world",  # a medium rung grown from tiny-qwen2-vl-s-world, then pretrained again
 )
 
 ALIASES: dict[str, str] = {

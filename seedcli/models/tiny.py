@@ -124,6 +124,10 @@ RUNGS: dict[str, Rung] = {
 # questions about the detection world's scenes, the analogue of a real VLM's pretraining.
 WORLD_SUFFIX = "-world"
 WORLD_RUNGS: dict[str, str] = {f"{name}{WORLD_SUFFIX}": name for name in RUNGS}
+# A medium rung grown from the world-pretrained smallest one (wider MLPs, the same function at the start),
+# then world-pretrained again: it learns existence questions, which the medium rung above did not
+# (docs/detect.md, "World-pretrained tiny rungs"). name -> (source rung, text MLP width, vision MLP ratio).
+GROWN_RUNGS: dict[str, tuple[str, int, int]] = {"tiny-qwen2-vl-m-grown-world": ("tiny-qwen2-vl-s-world", 128, 4)}
 
 
 def _rung_words() -> tuple[str, ...]:
@@ -301,11 +305,30 @@ def _build_world_rung(name: str) -> Any:
     return build
 
 
+def _growth(name: str) -> Any:
+    from seedcli.detect.pretrain import Growth
+
+    source, text_intermediate, vision_mlp_ratio = GROWN_RUNGS[name]
+    return Growth(source, text_intermediate, vision_mlp_ratio)
+
+
+def _build_grown_rung(name: str) -> Any:
+    def build(out: Path) -> None:
+        from seedcli.detect.pretrain import build_grown
+
+        source = GROWN_RUNGS[name][0]
+        print(f"{name}: grown from {source}, then world pretraining (first use only, then cached)", file=sys.stderr)
+        build_grown(_growth(name), out)
+
+    return build
+
+
 BUILDERS = {
     "tiny-llava": _build_llava,
     "tiny-qwen2-vl": _build_qwen2_vl,
     **{name: _build_rung(name) for name in RUNGS},
     **{name: _build_world_rung(name) for name in WORLD_RUNGS},
+    **{name: _build_grown_rung(name) for name in GROWN_RUNGS},
 }
 
 
@@ -339,6 +362,14 @@ def fingerprint(name: str) -> str:
         from seedcli.detect.pretrain import spec as pretrain_spec
 
         return _digest({"name": name, "base": fingerprint(WORLD_RUNGS[name]), "pretrain": pretrain_spec()})
+    if name in GROWN_RUNGS:
+        from dataclasses import asdict
+
+        from seedcli.detect.pretrain import spec as pretrain_spec
+
+        growth = _growth(name)
+        source = fingerprint(growth.source)
+        return _digest({"name": name, "source": source, "growth": asdict(growth), "pretrain": pretrain_spec()})
     return _digest(spec)
 
 

@@ -161,3 +161,44 @@ def test_rungs_share_attention_and_grow_in_mlp_and_vision_width() -> None:
         assert rung.vision["embed_dim"] // rung.vision["num_heads"] == 16  # vision heads of 16, as in the text model
     assert small.text["intermediate_size"] < medium.text["intermediate_size"] < large.text["intermediate_size"]
     assert small.vision["embed_dim"] < medium.vision["embed_dim"] < large.vision["embed_dim"]
+
+
+def test_a_grown_rung_answers_exactly_as_the_rung_it_grew_from() -> None:
+    import torch
+
+    from seedcli.detect.scoring import answer_logits, encode_batch
+    from seedcli.models.loading import load
+
+    loaded = load("tiny-qwen2-vl-s", dtype="fp32", device="cpu")
+    torch.manual_seed(0)
+    grown = pretrain.grow(loaded.model, pretrain.Growth("tiny-qwen2-vl-s", 128, 4))
+    assert grown.config.text_config.intermediate_size == 128 and grown.config.vision_config.mlp_ratio == 4
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in loaded.model.parameters())
+    mlp = grown.model.language_model.layers[0].mlp
+    assert mlp.down_proj.weight[:, 64:].abs().sum() == 0 and mlp.up_proj.weight[64:].abs().sum() > 0
+    data = pretrain.corpus(3, 0, context_share=1.0)  # questions with images and context: both MLPs at work
+    asked = data.questions[:6]
+    inputs = encode_batch(loaded, asked, pretrain.Pictures(data.images))
+    with torch.no_grad():
+        before = answer_logits(loaded, loaded.model.eval(), inputs, asked)  # [6, 2]
+        after = answer_logits(loaded, grown, inputs, asked)
+    assert torch.allclose(before, after, atol=1e-5)
+    # And it learns from there: one step on the new units changes the answers.
+    grown.train()
+    loss = answer_logits(loaded, grown, inputs, asked).sum()
+    loss.backward()
+    assert grown.model.language_model.layers[0].mlp.down_proj.weight.grad[:, 64:].abs().sum() > 0
+
+
+def test_the_grown_rung_is_keyed_by_its_source_growth_and_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seedcli.models import families, tiny
+
+    (name,) = tiny.GROWN_RUNGS
+    assert name in families.TINY_MODELS and name in tiny.BUILDERS
+    key = tiny.fingerprint(name)
+    assert key != tiny.fingerprint(tiny.GROWN_RUNGS[name][0])
+    monkeypatch.setitem(tiny.GROWN_RUNGS, name, ("tiny-qwen2-vl-s-world", 96, 4))
+    assert tiny.fingerprint(name) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(pretrain, "RECIPE", dataclasses.replace(pretrain.RECIPE, steps=pretrain.RECIPE.steps + 1))
+    assert tiny.fingerprint(name) != key
