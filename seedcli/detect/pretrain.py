@@ -333,7 +333,11 @@ def build(
     from seedcli.models.loading import load
 
     loaded = load(base, dtype="fp32", device="cpu")
-    stats = {"base": base, **pretrain(loaded, recipe or RECIPE, reporter)}
+    return _save_rung(loaded, out, {"base": base, **pretrain(loaded, recipe or RECIPE, reporter)})
+
+
+def _save_rung(loaded: Any, out: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    """Model + processor + the pretraining stats (`META_FILE`) into `out`; returns the stats."""
     loaded.model.save_pretrained(str(out))
     loaded.processor.save_pretrained(str(out))
     (Path(out) / META_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
@@ -406,10 +410,7 @@ def build_grown(
                 shutil.copy(path, Path(tmp) / path.name)  # tokenizer and processor files
         loaded = load(tmp, dtype="fp32", device="cpu")
     stats = {"base": growth.source, "growth": asdict(growth), **pretrain(loaded, recipe or RECIPE, reporter)}
-    loaded.model.save_pretrained(str(out))
-    loaded.processor.save_pretrained(str(out))
-    (Path(out) / META_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
-    return stats
+    return _save_rung(loaded, out, stats)
 
 
 def accuracy(

@@ -183,7 +183,7 @@ def test_a_grown_rung_answers_exactly_as_the_rung_it_grew_from() -> None:
         before = answer_logits(loaded, loaded.model.eval(), inputs, asked)  # [6, 2]
         after = answer_logits(loaded, grown, inputs, asked)
     assert torch.allclose(before, after, atol=1e-5)
-    # And it learns from there: one step on the new units changes the answers.
+    # And it can learn from there: the new units' output weights receive gradient.
     grown.train()
     loss = answer_logits(loaded, grown, inputs, asked).sum()
     loss.backward()
