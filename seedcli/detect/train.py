@@ -45,6 +45,7 @@ from seedcli.config.base import from_dict, to_dict
 from seedcli.config.detect import DetectTrainConfig
 from seedcli.detect.items import Item, read_items
 from seedcli.detect.questions import NO_AUGMENT, Augment, training_questions
+from seedcli.detect.world import UNLABELLED
 from seedcli.errors import ConfigError, DataError, ModelError, SeedError
 from seedcli.reporting import Reporter
 from seedcli.seeds import torch_seed
@@ -149,7 +150,7 @@ def transfer_files(cfg: DetectTrainConfig) -> list[Path]:
         return []
     if cfg.train_files:
         raise ConfigError("--transfer: with --train-files, name the unlabelled items with --transfer-files.")
-    found = [f for t in (1, 2) if (f := Path(cfg.data) / "detect" / f"track{t}-unlabelled.jsonl").is_file()]
+    found = data_files(cfg.data, UNLABELLED, (), "--transfer-files")
     if not found:
         raise DataError(
             f"--transfer: {Path(cfg.data) / 'detect'} has no track1-unlabelled.jsonl or track2-unlabelled.jsonl; "
