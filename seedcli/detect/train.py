@@ -15,7 +15,7 @@ Run directory::
 
     RUN/config.json        {"command": "detect train", "config": {...}, "resolved": {"plan": [...]}}
     RUN/env.json           versions and devices
-    RUN/metrics.jsonl      one line per logged step and one per stage (dev scores)
+    RUN/metrics.jsonl      one line per stage and epoch: the epoch's mean loss and parts per question
     RUN/stages/<stage>/rung-<i>/   weights (safetensors) + processor of every rung the stage trained, or
                                    for a LoRA rung its adapter + rung.json (the base model it belongs to)
     RUN/checkpoints/<stage>/       the last finished epoch of the running stage (resume)
@@ -529,6 +529,7 @@ def run_stage(
             rng = random.Random(f"{cfg.seed}/{stage.name}/{epoch}")
             questions = training_questions(items, rng, augment)
             rng.shuffle(questions)
+            sums = torch.zeros(1 + len(names), dtype=torch.float64)  # loss and parts, summed over questions
             for step, start in enumerate(range(0, len(questions), cfg.batch_size)):
                 batch = questions[start : start + cfg.batch_size]
                 local = shard(batch, collective.rank, collective.world)
@@ -557,10 +558,13 @@ def run_stage(
                         torch.nn.utils.clip_grad_norm_(params[i], cfg.max_grad_norm)
                     optimizer.step()
                     schedulers[i].step()
-                task.advance(1, epoch=epoch + 1, loss=float(values[0]))
+                sums += values * len(batch)  # `values` are the global batch's means
+                seen = min(start + cfg.batch_size, len(questions))
+                task.advance(1, epoch=epoch + 1, loss=float(sums[0]) / seen)
             if collective.is_main:
-                line = {"stage": stage.name, "epoch": epoch + 1, "loss": float(values[0])}
-                atomic.append_jsonl(out / rundir.METRICS, {**line, **dict(zip(names, values[1:].tolist()))})
+                means = (sums / max(1, len(questions))).tolist()  # the epoch's mean per question
+                line = {"stage": stage.name, "epoch": epoch + 1, "loss": means[0]}
+                atomic.append_jsonl(out / rundir.METRICS, {**line, **dict(zip(names, means[1:]))})
                 _save_checkpoint(checkpoint, epoch + 1, models, tuning, optimizers, schedulers, _flatten_optimizer)
             if collective.world > 1:
                 collective.any_flag(False)  # barrier: the checkpoint is complete before any process goes on

@@ -121,14 +121,12 @@ def _ladder(data: Path, tmp_path: Path, **overrides: object):  # noqa: ANN202
     from seedcli.core.collective import LocalCollective
     from seedcli.detect import train
 
+    settings = {"batch_size": 16, "device": "cpu", "tuning": "lora", **overrides}
     cfg = DetectTrainConfig(
         models=tuple(RUNGS.split(",")[1:]),
         train_files=(data / "detect" / "small-train.jsonl",),
         data=tmp_path / "none",
-        batch_size=16,
-        device="cpu",
-        tuning="lora",
-        **overrides,
+        **settings,
     )
     ladder = train._load_ladder(cfg, LocalCollective(torch.device("cpu")))
     models = [train._rung_model(cfg, i, loaded, "lora", None, tmp_path) for i, loaded in enumerate(ladder)]
@@ -152,6 +150,36 @@ def test_only_adapter_weights_change(data: Path, tmp_path: Path, online: bool) -
         lora = {k for k, _ in model.named_parameters() if "lora_" in k}
         assert changed == (lora if i in trained else set()), i
         assert not any(p.requires_grad for p in model.parameters()), "frozen again after the stage"
+
+
+def test_metrics_line_is_the_epoch_mean(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """metrics.jsonl holds each epoch's loss and parts averaged over its questions, not its last batch."""
+    from seedcli.detect import train
+    from seedcli.reporting import NullReporter
+
+    cfg, ladder, models = _ladder(data, tmp_path, batch_size=5)
+    seen: list[tuple[int, float, dict[str, float]]] = []
+    batch_loss = train._batch_loss
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loss, parts = batch_loss(*args, **kwargs)
+        seen.append((len(args[5]), float(loss.detach()), dict(parts)))
+        return loss, parts
+
+    monkeypatch.setattr(train, "_batch_loss", recording)
+    stage = train.Stage("kd-1", 1, ((0, 1.0),), 1.0, True, 2)
+    items = train.load_items(list(cfg.train_files))
+    train.run_stage(cfg, stage, ladder, models, items, tmp_path, NullReporter(), tuning=["lora", "lora"])
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    per_epoch = len(seen) // 2
+    assert per_epoch > 1 and seen[per_epoch - 1][0] < 5, "several batches, the last one short"
+    for line, batches in zip(lines, (seen[:per_epoch], seen[per_epoch:]), strict=True):
+        n = sum(size for size, _, _ in batches)
+        assert line["loss"] == pytest.approx(sum(size * loss for size, loss, _ in batches) / n, rel=1e-6)
+        for name in ("ce", "kl0", "mutual"):
+            assert line[name] == pytest.approx(sum(size * parts[name] for size, _, parts in batches) / n, rel=1e-6)
+        assert line["loss"] != pytest.approx(batches[-1][1], rel=1e-3)
 
 
 def test_lora_resume_mid_stage_is_bit_identical(data: Path, tmp_path: Path) -> None:  # noqa: F811
