@@ -71,8 +71,8 @@ class DetectTrainConfig:
     transfer: bool = option(
         False,
         "The stages with frozen teachers (refinement; distillation with --offline) also learn the teachers' "
-        "answers on an unlabelled transfer set (KL terms only). Helped --offline --no-pyramid, hurt the default "
-        "ladder on the synthetic world (docs/detect.md).",
+        "answers on an unlabelled transfer set (KL terms only). On the synthetic world it helped --offline "
+        "--no-pyramid and had no consistent effect on the full method (docs/detect.md).",
         panel=PYRAMID,
     )
     kd_weight: float = option(1.0, "Weight of the T^2 KL term towards the rung above.", min=0.0, panel=PYRAMID)
