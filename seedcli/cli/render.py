@@ -121,7 +121,8 @@ def make_reporter(json_mode: bool) -> Reporter:
 
 def print_table(title: str, rows: Sequence[Sequence[Any]], columns: Sequence[str] | None = None) -> None:
     """Print a table on stderr; without `columns` it is a headerless key/value table."""
-    table = Table(title=title, show_header=columns is not None)
+    # At least as wide as its title, which Rich would otherwise wrap to the width of narrow columns.
+    table = Table(title=title, show_header=columns is not None, min_width=len(title) + 2)
     for index, name in enumerate(columns or [""] * max((len(r) for r in rows), default=0)):
         table.add_column(name, style="bold" if index == 0 else None, justify="left" if index == 0 else "right")
     for row in rows:

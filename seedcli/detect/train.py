@@ -519,7 +519,9 @@ def run_stage(
     )
     augment = Augment() if cfg.augment else NO_AUGMENT
     images = Images([item.image for item in items])
-    names = ["ce", *(f"kl{j}" for j in range(len(stage.teachers)))] + (["mutual"] if len(trained) > 1 else [])
+    names = ["ce", *(f"kl{j}" for j in range(len(stage.teachers)))] + (
+        ["teacher_ce", "mutual"] if len(trained) > 1 else []
+    )
     with reporter.task(
         f"{stage.name}: rung {stage.student} ({cfg.models[stage.student]})", total=total, unit="step"
     ) as task:
@@ -603,8 +605,9 @@ def _batch_loss(
     if stage.online and teacher_logits:
         t_logits = teacher_logits[0][0]
         mutual = losses.kd_kl(t_logits, s_logits.detach(), cfg.temperature)
-        loss = loss + losses.label_ce(t_logits, target) + cfg.mutual_weight * mutual
-        parts["mutual"] = float(mutual.detach())
+        teacher_ce = losses.label_ce(t_logits, target)
+        loss = loss + teacher_ce + cfg.mutual_weight * mutual
+        parts["teacher_ce"], parts["mutual"] = float(teacher_ce.detach()), float(mutual.detach())
     return loss, parts
 
 

@@ -48,7 +48,7 @@ def test_pipeline(data: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     assert (run / "stages" / "kd-1" / "rung-0" / "model.safetensors").is_file()  # online: the teacher was saved too
     assert not any((run / "checkpoints").glob("*/state.json"))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"kl0", "mutual"} <= set(next(m for m in metrics if m["stage"] == "kd-1"))
+    assert {"kl0", "teacher_ce", "mutual"} <= set(next(m for m in metrics if m["stage"] == "kd-1"))
     assert {"kl0", "kl1"} <= set(next(m for m in metrics if m["stage"] == "refine"))
 
     test = detect / "small-test.jsonl"

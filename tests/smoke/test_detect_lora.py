@@ -177,9 +177,12 @@ def test_metrics_line_is_the_epoch_mean(data: Path, tmp_path: Path, monkeypatch:
     for line, batches in zip(lines, (seen[:per_epoch], seen[per_epoch:]), strict=True):
         n = sum(size for size, _, _ in batches)
         assert line["loss"] == pytest.approx(sum(size * loss for size, loss, _ in batches) / n, rel=1e-6)
-        for name in ("ce", "kl0", "mutual"):
+        for name in ("ce", "kl0", "teacher_ce", "mutual"):
             assert line[name] == pytest.approx(sum(size * parts[name] for size, _, parts in batches) / n, rel=1e-6)
         assert line["loss"] != pytest.approx(batches[-1][1], rel=1e-3)
+        # The parts account for the whole loss: student CE + KL to the teacher + the online teacher's CE and mutual KL.
+        whole = stage.label_weight * line["ce"] + line["kl0"] + line["teacher_ce"] + cfg.mutual_weight * line["mutual"]
+        assert line["loss"] == pytest.approx(whole, rel=1e-6)
 
 
 def test_lora_resume_mid_stage_is_bit_identical(data: Path, tmp_path: Path) -> None:  # noqa: F811
