@@ -17,6 +17,7 @@ SYNTHETIC = "Synthetic world"
 FETCH = "Fetching"
 FILTER = "Filtering"
 DEFAULT_FILTER_SHIFTS = 3
+DEFAULT_UNLABELLED = 360  # captions of the detection world's unlabelled split (seedcli.detect.world.WorldSpec)
 
 DEFAULT_TRAIN_IMAGE_DIRS = (Path("data/train2014"), Path("data/train2017"))
 
@@ -111,6 +112,13 @@ class PrepareConfig:
         "Synthetic world: also write the hallucination-detection sets (detect/, see `seed detect`).",
         panel=SYNTHETIC,
     )
+    detect_unlabelled: int = option(
+        DEFAULT_UNLABELLED,
+        "--detect: captions in the unlabelled split, the transfer set of `seed detect train --transfer` (claims: "
+        "half as many). It draws from a stream of its own: the labelled splits do not change with it.",
+        min=1,
+        panel=SYNTHETIC,
+    )
     world: str = option(
         "clean",
         "Synthetic world preset of the text-borne hallucination sources: clean (balanced, perfect labels) or "
@@ -163,6 +171,9 @@ class PrepareConfig:
             not self.detect or self.synthetic,
             "--detect",
             "needs --synthetic (import other files with `seed detect import`).",
+        )
+        require(
+            self.detect or self.detect_unlabelled == DEFAULT_UNLABELLED, "--detect-unlabelled", "needs --detect."
         )
         require(
             self.pope_from is None or not self.synthetic,

@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,9 +209,10 @@ def prepare(cfg: PrepareConfig, reporter: Reporter, *, confirm: Callable[[str], 
             roots["train"] = _stored(sources.train_images, stage, relative)
 
         if cfg.detect:
-            from seedcli.detect.world import build_detect_sets
+            from seedcli.detect.world import WorldSpec, build_detect_sets
 
-            counts.update(build_detect_sets(stage / "detect", seed=cfg.seed, reporter=reporter))
+            spec = replace(WorldSpec(), unlabelled=(cfg.detect_unlabelled, cfg.detect_unlabelled // 2))
+            counts.update(build_detect_sets(stage / "detect", seed=cfg.seed, spec=spec, reporter=reporter))
             source["detect"] = "detect"
         counts = {
             key: counts[key]

@@ -20,8 +20,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("detect") / "data"
     with pytest.raises(SystemExit) as done:
-        main(["prepare", "--synthetic", "--detect", "--synthetic-images", "40", "--out", str(root), "--json"])
+        args = ["prepare", "--synthetic", "--detect", "--synthetic-images", "40", "--detect-unlabelled", "40"]
+        main([*args, "--out", str(root), "--json"])
     assert done.value.code == 0
+    counts = json.loads((root / "manifest.json").read_text())["counts"]
+    assert (counts["track1_unlabelled"], counts["track2_unlabelled"]) == (40, 20)
     detect = root / "detect"
     # Small subsets keep the smoke test in seconds; they live beside the originals so images resolve.
     for split, n in (("train", 8), ("dev", 4), ("test", 6)):

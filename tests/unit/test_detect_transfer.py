@@ -56,3 +56,14 @@ def test_transfer_items_drop_labels_and_may_not_reuse_training_ids(detect: Path)
     assert len(transfer) == 2 and all(item.labels is None for item in transfer)
     with pytest.raises(DataError, match="also appears"):
         load_items([detect / "track1-train.jsonl"], labelled=False, taken={item.id for item in train})
+
+
+def test_prepare_sizes_the_unlabelled_split_only_with_detect() -> None:
+    from seedcli.config.prepare import DEFAULT_UNLABELLED, PrepareConfig
+
+    assert world.WorldSpec().unlabelled == (DEFAULT_UNLABELLED, DEFAULT_UNLABELLED // 2)  # one default, two places
+    assert PrepareConfig(synthetic=True, detect=True, detect_unlabelled=1440).detect_unlabelled == 1440
+    with pytest.raises(ConfigError, match="--detect-unlabelled"):
+        PrepareConfig(synthetic=True, detect_unlabelled=1440)
+    with pytest.raises(ConfigError, match="--detect-unlabelled"):
+        PrepareConfig(synthetic=True, detect=True, detect_unlabelled=0)
