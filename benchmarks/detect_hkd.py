@@ -79,8 +79,10 @@ def train_args(cfg: argparse.Namespace, data: Path, out: Path, seed: int) -> lis
 def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> dict[str, dict]:
     root = Path(cfg.out) / f"seed-{seed}"
     data = root / "data"
-    if not (data / "manifest.json").is_file():
-        seed_cli("prepare", "--synthetic", "--detect", "--seed", str(seed), "--out", str(data), "--overwrite", "--json")
+    manifest = data / "manifest.json"
+    if not manifest.is_file() or json.loads(manifest.read_text())["counts"].get("track1_unlabelled") != cfg.unlabelled:
+        args = ["prepare", "--synthetic", "--detect", "--detect-unlabelled", str(cfg.unlabelled), "--seed", str(seed)]
+        seed_cli(*args, "--out", str(data), "--overwrite", "--json")
     variants = {k: v for k, v in VARIANTS.items() if k == "hkd" or (seed in cfg.ablation_seeds and k in cfg.ablations)}
     jobs = {name: train_args(cfg, data, root / name, seed) + extra for name, extra in variants.items()}
     student_epochs = cfg.epochs + cfg.refine_epochs
@@ -160,6 +162,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4, help="as judged (chosen on seed 0)")
     parser.add_argument("--ladder", default=LADDER, help="rungs, largest first (--models of seed detect train)")
     parser.add_argument("--shifts", type=int, default=3)
+    parser.add_argument("--unlabelled", type=int, default=360, help="captions in each seed's transfer set (--transfer)")
     parser.add_argument("--jobs", type=int, default=4, help="trainings run at once")
     parser.add_argument("--ablation-seeds", default="1,2,3", help="seeds that also train the ablations")
     parser.add_argument("--ablations", default=",".join(list(VARIANTS)[1:]), help="which ablations they train")
