@@ -84,7 +84,12 @@ def run_seed(cfg: argparse.Namespace, seed: int, pool: ThreadPoolExecutor) -> di
         args = ["prepare", "--synthetic", "--detect", "--detect-unlabelled", str(cfg.unlabelled), "--seed", str(seed)]
         seed_cli(*args, "--out", str(data), "--overwrite", "--json")
     variants = {k: v for k, v in VARIANTS.items() if k == "hkd" or (seed in cfg.ablation_seeds and k in cfg.ablations)}
-    jobs = {name: train_args(cfg, data, root / name, seed) + extra for name, extra in variants.items()}
+    # --transfer makes the transfer set part of the method: the full method and every ablation use it.
+    recipe = ["--transfer"] if cfg.transfer else []
+    jobs = {
+        name: train_args(cfg, data, root / name, seed) + extra + [f for f in recipe if f not in extra]
+        for name, extra in variants.items()
+    }
     student_epochs = cfg.epochs + cfg.refine_epochs
     jobs["direct-S"] = train_args(cfg, data, root / "direct-S", seed) + [
         "--models",
@@ -163,6 +168,7 @@ def main() -> None:
     parser.add_argument("--ladder", default=LADDER, help="rungs, largest first (--models of seed detect train)")
     parser.add_argument("--shifts", type=int, default=3)
     parser.add_argument("--unlabelled", type=int, default=360, help="captions in each seed's transfer set (--transfer)")
+    parser.add_argument("--transfer", action="store_true", help="the method and every ablation use the transfer set")
     parser.add_argument("--jobs", type=int, default=4, help="trainings run at once")
     parser.add_argument("--ablation-seeds", default="1,2,3", help="seeds that also train the ablations")
     parser.add_argument("--ablations", default=",".join(list(VARIANTS)[1:]), help="which ablations they train")
@@ -173,6 +179,8 @@ def main() -> None:
     cfg.ablation_seeds = {int(s) for s in cfg.ablation_seeds.split(",") if s}
     cfg.ablations = {a for a in cfg.ablations.split(",") if a}
     unknown = cfg.ablations - set(VARIANTS)
+    if cfg.transfer:
+        cfg.ablations -= {"transfer", "offline-no-pyramid"}  # already the method; the same as its -transfer row
     if unknown:
         parser.error(f"--ablations: unknown {', '.join(sorted(unknown))}; choose from {', '.join(list(VARIANTS)[1:])}")
     with ThreadPoolExecutor(cfg.jobs) as pool, ThreadPoolExecutor(len(seeds)) as outer:

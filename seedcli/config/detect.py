@@ -71,8 +71,8 @@ class DetectTrainConfig:
     transfer: bool = option(
         False,
         "The stages with frozen teachers (refinement; distillation with --offline) also learn the teachers' "
-        "answers on an unlabelled transfer set (KL terms only). On the synthetic world it helped --offline "
-        "--no-pyramid and had no consistent effect on the full method (docs/detect.md).",
+        "answers on an unlabelled transfer set (KL terms only). On the synthetic world, with 1,440 transfer "
+        "captions and --refine-epochs 8, it lifted the student 3.8 F1 above direct fine-tuning (docs/detect.md).",
         panel=PYRAMID,
     )
     kd_weight: float = option(1.0, "Weight of the T^2 KL term towards the rung above.", min=0.0, panel=PYRAMID)
