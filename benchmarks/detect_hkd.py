@@ -9,9 +9,11 @@ For every seed: `seed prepare --synthetic --detect --seed S`, then `seed detect 
     offline-no-pyramid  --offline --no-pyramid (S learns from the frozen, fine-tuned L alone)
     offline-no-pyramid-transfer  the same with --transfer (in its kd stage and the refinement)
     direct-S    --models S alone, trained for as many epochs as the HKD student (kd + refinement)
-and `seed detect evaluate` on the test split with --shifts K, plus the hkd run at --shifts 1. Two rows
-come from stages of the hkd run: direct-L (its SFT stage: the largest rung fine-tuned directly) and
-no-refine (its student before refinement). Prints a Markdown table (mean and std over seeds; AUC columns:
+and `seed detect evaluate` on the test split with --shifts K, plus the hkd run at --shifts 1. With
+--transfer every run of the method (hkd and its ablations) also learns from the transfer set, whose
+size --unlabelled sets (seed prepare --detect-unlabelled). Two rows come from stages of the hkd run:
+direct-L (its SFT stage: the largest rung fine-tuned directly) and no-refine (its student before
+refinement). Prints a Markdown table (mean and std over seeds; AUC columns:
 the per-kind ranking AUC of P(hallucinated) on the test options, threshold-free) and
 writes every result under --out.
 
@@ -31,6 +33,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from seedcli.config.prepare import DEFAULT_UNLABELLED
 
 # World-pretrained tiny rungs (seedcli.detect.pretrain), largest first; --ladder picks others (docs/detect.md).
 LADDER = "tiny-qwen2-vl-l-world,tiny-qwen2-vl-m-grown-world,tiny-qwen2-vl-s-world"
@@ -167,7 +171,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4, help="as judged (chosen on seed 0)")
     parser.add_argument("--ladder", default=LADDER, help="rungs, largest first (--models of seed detect train)")
     parser.add_argument("--shifts", type=int, default=3)
-    parser.add_argument("--unlabelled", type=int, default=360, help="captions in each seed's transfer set (--transfer)")
+    parser.add_argument(
+        "--unlabelled", type=int, default=DEFAULT_UNLABELLED, help="captions in each seed's transfer set (--transfer)"
+    )
     parser.add_argument("--transfer", action="store_true", help="the method and every ablation use the transfer set")
     parser.add_argument("--jobs", type=int, default=4, help="trainings run at once")
     parser.add_argument("--ablation-seeds", default="1,2,3", help="seeds that also train the ablations")

@@ -210,3 +210,11 @@ def test_exit_codes_are_documented_once() -> None:
     for code in EXIT_CODES:
         assert f"{code} " in exit_code_line()
         assert f" {code} " in readme.replace("\n", " ")
+
+
+def test_tables_are_at_least_as_wide_as_their_title(capsys: pytest.CaptureFixture[str]) -> None:
+    from seedcli.cli.render import print_table
+
+    title = "dev scores after each stage (single pass)"
+    print_table(title, [["sft", "48.1"]], ["stage", "F1"])
+    assert title in capsys.readouterr().err  # on one line, not wrapped to the narrow columns
