@@ -107,8 +107,9 @@ class DetectTrainConfig:
     batch_size: int = option(8, "Questions per optimizer step (over all processes).", min=1, panel=TRAIN)
     lr: float = option(
         1e-3,
-        "Peak learning rate (AdamW, warmup + cosine); suits full training of the tiny rungs, lower it for LoRA on "
-        "real checkpoints (e.g. 2e-4).",
+        "Peak learning rate (AdamW, warmup + cosine). The default is for tiny rungs trained from scratch; the "
+        "world-pretrained tiny rungs were judged at 3e-4 (with --epochs 6), and LoRA on real checkpoints wants "
+        "a lower one too (e.g. 2e-4).",
         min=0.0,
         min_exclusive=True,
         panel=TRAIN,
