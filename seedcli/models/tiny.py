@@ -8,6 +8,8 @@ table, prompts and punctuation), built locally: no download.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -388,15 +391,42 @@ def ensure_tiny(name: str) -> Path:
         return final
     transformers.logging.disable_progress_bar()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    try:
-        BUILDERS[name](tmp)
-        # First writer wins: rename fails if another process already put a complete build there,
-        # and a complete build is never replaced while someone may be reading it.
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _build_lock(final, name):
+        if (final / "config.json").is_file():  # another process built it while this one waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        try:
+            BUILDERS[name](tmp)
+            # First writer wins (where there are no locks): rename fails if another process already put a
+            # complete build there, and a complete build is never replaced while someone may be reading it.
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "config.json").is_file():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def _build_lock(final: Path, name: str) -> Iterator[None]:
+    """One builder per cache entry: the others wait for it (a world rung is minutes of CPU) instead of repeating it.
+
+    The lock file `.<entry>.lock` stays beside the entry: removing it would race with a process about to lock it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): every process builds, the first rename wins
+        yield
+        return
+    with open(final.parent / f".{final.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{name}: another process is building it; waiting for that build", file=sys.stderr)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            # a file system without locks (some network mounts): build unguarded, the first rename wins
+        yield
