@@ -181,7 +181,6 @@ def main() -> None:
     cfg = parser.parse_args()
     seeds = [int(s) for s in cfg.seeds.split(",")]
     cfg.ladder = cfg.ladder.split(",")
-    build_ladder(cfg.ladder)
     cfg.ablation_seeds = {int(s) for s in cfg.ablation_seeds.split(",") if s}
     cfg.ablations = {a for a in cfg.ablations.split(",") if a}
     unknown = cfg.ablations - set(VARIANTS)
@@ -189,6 +188,7 @@ def main() -> None:
         cfg.ablations -= {"transfer", "offline-no-pyramid"}  # already the method; the same as its -transfer row
     if unknown:
         parser.error(f"--ablations: unknown {', '.join(sorted(unknown))}; choose from {', '.join(list(VARIANTS)[1:])}")
+    build_ladder(cfg.ladder)  # after the checks: a first build is minutes of CPU per rung
     with ThreadPoolExecutor(cfg.jobs) as pool, ThreadPoolExecutor(len(seeds)) as outer:
         per_seed = dict(zip(seeds, outer.map(lambda s: run_seed(cfg, s, pool), seeds)))
     text = table(per_seed)
