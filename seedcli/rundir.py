@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from seedcli.config.distill import DistillConfig
     from seedcli.reporting import Reporter
 
+# errno of flock on a file system without locks (some network mounts): callers then run unguarded.
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)
+
 CONFIG = "config.json"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
@@ -185,7 +188,7 @@ class Lock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+            if exc.errno in NO_LOCKS:
                 return  # a file system without locks (some network mounts): run unguarded, as before locks
             holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(self._fd)

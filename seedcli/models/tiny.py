@@ -9,7 +9,6 @@ table, prompts and punctuation), built locally: no download.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -414,6 +413,8 @@ def _build_lock(final: Path, name: str) -> Iterator[None]:
 
     The lock file `.<entry>.lock` stays beside the entry: removing it would race with a process about to lock it.
     """
+    from seedcli.rundir import NO_LOCKS
+
     try:
         import fcntl
     except ImportError:  # no advisory locks (Windows): every process builds, the first rename wins
@@ -426,7 +427,7 @@ def _build_lock(final: Path, name: str) -> Iterator[None]:
             print(f"{name}: another process is building it; waiting for that build", file=sys.stderr)
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+            if exc.errno not in NO_LOCKS:
                 raise
             # a file system without locks (some network mounts): build unguarded, the first rename wins
         yield

@@ -25,7 +25,13 @@ def test_concurrent_builders_wait_for_the_first(
     monkeypatch.setitem(tiny.BUILDERS, "tiny-test-entry", build)
     tiny.fingerprint("tiny-test-entry")  # import transformers before the race, not inside it
     paths: list[Path] = []
-    threads = [threading.Thread(target=lambda: paths.append(tiny.ensure_tiny("tiny-test-entry"))) for _ in range(2)]
+    start = threading.Barrier(2)  # both callers start together, well inside the first one's build
+
+    def call() -> None:
+        start.wait()
+        paths.append(tiny.ensure_tiny("tiny-test-entry"))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
